@@ -1,0 +1,2 @@
+//! The `speculum` helper (being written).
+fn main() {}

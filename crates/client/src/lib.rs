@@ -1,0 +1,1 @@
+//! The speculum registry client (being written).

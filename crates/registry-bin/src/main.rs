@@ -1,0 +1,2 @@
+//! The `speculum-registry` binary (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The speculum registry HTTP API (being written).

@@ -1,0 +1,1 @@
+//! Test fixtures for speculum (being written).
