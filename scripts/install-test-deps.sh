@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs what the tests need, and nothing that is already there:
+#   - Debian packages (container clients, the reference registry, busybox for test images),
+#     installed with apt-get only when `dpkg-query` says one is missing; `apt-get update`
+#     runs at most once;
+#   - the Python venv .venv with requirements-test.txt (ansible-core, zuul, pytest,
+#     ansible-lint), reinstalled only when the requirements file changed.
+# Safe to run again and again: a second run changes nothing and takes about a second.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+    skopeo podman buildah          # real clients
+    docker-registry                # distribution, the reference registry
+    docker.io                      # a private dockerd per test
+    umoci                          # OCI layouts
+    busybox-static                 # a shell inside test images
+    apache2-utils                  # htpasswd
+    iproute2                       # ip netns
+    openssl                        # certificate checks
+    python3-venv                   # the .venv below
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]})); then
+    echo "install-test-deps: installing ${missing[*]}"
+    sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        sudo=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "install-test-deps: Debian packages present"
+fi
+
+VENV=.venv
+REQUIREMENTS=requirements-test.txt
+STAMP=$VENV/.requirements.sha256
+
+if [[ ! -f $REQUIREMENTS ]]; then
+    echo "install-test-deps: $REQUIREMENTS is missing" >&2
+    exit 1
+fi
+if [[ ! -x $VENV/bin/python ]]; then
+    echo "install-test-deps: creating $VENV"
+    python3 -m venv "$VENV"
+fi
+want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [[ $want != "$have" ]]; then
+    echo "install-test-deps: installing $REQUIREMENTS into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -r "$REQUIREMENTS"
+    echo "$want" >"$STAMP"
+else
+    echo "install-test-deps: $VENV up to date"
+fi
