@@ -1,0 +1,132 @@
+"""Fixtures for the Ansible role tests.
+
+Everything runs against localhost with real tools: ansible-playbook from the
+venv, Zuul's zuul_return action plugin, the speculum binaries from
+target/debug, skopeo, podman, buildah, dockerd and docker-registry. Servers
+listen on loopback or unix sockets only, and every fixture stops what it
+started, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import support  # noqa: E402
+
+DOCKER_IMAGE = 'speculative/app'
+QUAY_IMAGE = 'quay.io/speculative/quay-app'
+
+
+def require_tools(*names):
+    missing = [name for name in names if shutil.which(name) is None and not Path(name).exists()]
+    if missing:
+        pytest.fail(f'missing tools {missing}: run scripts/install-test-deps.sh')
+
+
+@pytest.fixture
+def ansible(tmp_path):
+    return support.Ansible(tmp_path)
+
+
+@pytest.fixture(scope='session')
+def busybox_layout(tmp_path_factory):
+    return support.busybox_layout(tmp_path_factory.mktemp('layout'))
+
+
+def start_buildset_registry(workdir: Path, host: str = 'localhost'):
+    """Start a buildset registry with run-buildset-registry; returns (ansible, registry, root)."""
+    support.binary('speculum-registry')
+    runner = support.Ansible(workdir)
+    root = workdir / 'br'
+    runner.role('run-buildset-registry', {
+        'run_buildset_registry_root': str(root),
+        'run_buildset_registry_port': 0,
+        'run_buildset_registry_listen_address': '127.0.0.1',
+        'run_buildset_registry_host': host,
+    }, extra_vars={'zuul': runner.zuul_vars()})
+    registry = runner.results()['secret_data']['buildset_registry']
+    runner.secrets.append(registry['password'])
+    return runner, registry, root
+
+
+def seed(registry: dict, layout: Path, workdir: Path, *repos: str) -> None:
+    """Copy the busybox image into the registry under each repository."""
+    certs = support.cert_dir_for(workdir, registry)
+    for repo in repos:
+        support.skopeo(
+            'copy', '--dest-cert-dir', str(certs),
+            '--dest-creds', f'{registry["username"]}:{registry["password"]}',
+            f'oci:{layout}:latest', f'docker://localhost:{registry["port"]}/{repo}:latest')
+
+
+@pytest.fixture(scope='session')
+def buildset_registry(tmp_path_factory, busybox_layout):
+    """A buildset registry started by the role and seeded with two images.
+
+    docker.io's speculative/app is stored un-prefixed; quay.io's under its host.
+    """
+    require_tools('skopeo')
+    workdir = tmp_path_factory.mktemp('buildset')
+    runner, registry, root = start_buildset_registry(workdir)
+    try:
+        seed(registry, busybox_layout, workdir, DOCKER_IMAGE, QUAY_IMAGE)
+        yield {'registry': registry, 'root': root, 'secrets': runner.secrets,
+               'certs': support.cert_dir_for(workdir, registry)}
+    finally:
+        support.stop_pidfile(root / 'registry.pid')
+
+
+@pytest.fixture
+def reference_registry(tmp_path):
+    """Debian's docker-registry on loopback (plain HTTP), standing in for Docker Hub."""
+    require_tools('docker-registry')
+    import bcrypt
+
+    port = support.free_port()
+    password = 'stand-in-password'
+    htpasswd = tmp_path / 'htpasswd'
+    htpasswd.write_text('zuul:' + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode() + '\n')
+    config = support.write_yaml(tmp_path / 'registry.yaml', {
+        'version': 0.1,
+        'log': {'level': 'warn'},
+        'storage': {'filesystem': {'rootdirectory': str(tmp_path / 'data')}, 'delete': {'enabled': True}},
+        'http': {'addr': f'127.0.0.1:{port}'},
+        'auth': {'htpasswd': {'realm': 'speculum-tests', 'path': str(htpasswd)}},
+    })
+    log = open(tmp_path / 'registry.log', 'w')
+    proc = subprocess.Popen(['docker-registry', 'serve', str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        support.wait_for_port(port)
+        yield {'host': '127.0.0.1', 'port': port, 'addr': f'127.0.0.1:{port}',
+               'username': 'zuul', 'password': password}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def containers_storage(tmp_path):
+    """Global options for podman/buildah with a private vfs store."""
+    root = tmp_path / 'storage'
+    opts = ['--storage-driver', 'vfs', '--root', str(root / 'root'), '--runroot', str(root / 'run')]
+    yield opts
+    # vfs layers can hold read-only files; let the tools remove them.
+    subprocess.run(['buildah', *opts, 'rm', '--all'], capture_output=True)
+    subprocess.run(['podman', *opts, 'system', 'reset', '--force'], capture_output=True)
+    subprocess.run(['chmod', '-R', 'u+w', str(root)], capture_output=True)
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
