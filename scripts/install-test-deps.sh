@@ -19,6 +19,7 @@ PACKAGES=(
     apache2-utils                  # htpasswd
     iproute2                       # ip netns
     openssl                        # certificate checks
+    curl                           # bench readiness probes
     python3-venv                   # the .venv below
 )
 
