@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -120,13 +121,42 @@ def reference_registry(tmp_path):
 def containers_storage(tmp_path):
     """Global options for podman/buildah with a private vfs store."""
     root = tmp_path / 'storage'
-    opts = ['--storage-driver', 'vfs', '--root', str(root / 'root'), '--runroot', str(root / 'run')]
+    # podman refuses a runroot path longer than 50 characters.
+    runroot = Path(tempfile.mkdtemp(prefix='spc-run-', dir='/tmp'))
+    opts = ['--storage-driver', 'vfs', '--root', str(root / 'root'), '--runroot', str(runroot)]
     yield opts
     # vfs layers can hold read-only files; let the tools remove them.
     subprocess.run(['buildah', *opts, 'rm', '--all'], capture_output=True)
     subprocess.run(['podman', *opts, 'system', 'reset', '--force'], capture_output=True)
     subprocess.run(['chmod', '-R', 'u+w', str(root)], capture_output=True)
+    shutil.rmtree(runroot, ignore_errors=True)
 
 
 def read_json(path: Path):
     return json.loads(path.read_text())
+
+
+def scratch_root_vars(root: Path) -> dict:
+    """use-buildset-registry variables that aim every path under root."""
+    for sub in ('etc/containers/certs.d', 'etc/docker/certs.d', 'etc/buildkit', 'etc/containerd',
+                'ca', 'home', 'run/containers'):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    hosts = root / 'etc' / 'hosts'
+    if not hosts.exists():
+        hosts.write_text('127.0.0.1\tlocalhost\n')
+    return {
+        'use_buildset_registry_become': False,
+        'use_buildset_registry_restart': False,
+        'use_buildset_registry_hosts_file': str(hosts),
+        'use_buildset_registry_ca_dir': str(root / 'ca'),
+        'use_buildset_registry_ca_command': 'true',
+        'use_buildset_registry_registries_conf': str(root / 'etc/containers/registries.conf'),
+        'use_buildset_registry_containers_certs_dir': str(root / 'etc/containers/certs.d'),
+        'use_buildset_registry_docker_daemon_json': str(root / 'etc/docker/daemon.json'),
+        'use_buildset_registry_docker_certs_dir': str(root / 'etc/docker/certs.d'),
+        'use_buildset_registry_buildkitd_toml': str(root / 'etc/buildkit/buildkitd.toml'),
+        'use_buildset_registry_buildkit_ca_file': str(root / 'etc/buildkit/buildset-registry-ca.crt'),
+        'use_buildset_registry_containerd_certs_dir': str(root / 'etc/containerd/certs.d'),
+        'use_buildset_registry_docker_config': str(root / 'home/.docker/config.json'),
+        'use_buildset_registry_containers_auth_file': str(root / 'run/containers/auth.json'),
+    }
