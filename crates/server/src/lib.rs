@@ -1,1 +1,114 @@
-//! The speculum registry HTTP API (being written).
+//! The speculum registry's HTTP API: the OCI distribution spec v1.1 over a
+//! [`speculum_storage::Registry`], with auth, namespaces and TLS, and the
+//! ephemeral buildset profile that run-buildset-registry starts.
+//!
+//! Layering: [`router`] parses the raw path, resolves the namespace, asks the
+//! [`AuthPolicy`], and calls one handler per resource; handlers call storage;
+//! every failure becomes an [`ApiError`] in one module.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use speculum_server::{AppState, AuthPolicy, router};
+//! use speculum_storage::Registry;
+//!
+//! let app = router(AppState::new(Registry::memory(), AuthPolicy::buildset("zuul", "secret")));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = speculum_server::Server::start(listener, app, None)?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod buildset;
+mod error;
+mod handlers;
+mod route;
+mod serve;
+mod tls;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use speculum_storage::Registry;
+
+pub use auth::{Access, Action, AuthPolicy, Identity, User};
+pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, write_info_file};
+pub use error::{ApiError, ApiResult};
+pub use serve::Server;
+pub use tls::{GeneratedCert, TlsError, generate_certificate, server_config};
+
+/// The header every response carries.
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+
+/// What every request handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    auth: AuthPolicy,
+}
+
+impl AppState {
+    /// State over `registry`, guarded by `auth`.
+    pub fn new(registry: Registry, auth: AuthPolicy) -> AppState {
+        AppState {
+            inner: Arc::new(Inner { registry, auth }),
+        }
+    }
+
+    /// The storage.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The auth policy.
+    pub fn auth(&self) -> &AuthPolicy {
+        &self.inner.auth
+    }
+}
+
+/// The registry's axum application.
+///
+/// Every path goes through one dispatcher that parses the raw request path
+/// itself (names contain slashes; see the `route` module).
+pub fn router(state: AppState) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    let is_head = request.method() == Method::HEAD;
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut response = match handlers::handle(&state, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    };
+    tracing::debug!(%method, path, status = response.status().as_u16(), "request");
+    if is_head {
+        // HEAD answers carry the headers of a GET and no body.
+        let (parts, _) = response.into_parts();
+        response = Response::from_parts(parts, Body::empty());
+    }
+    response
+        .headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+/// A 404 for paths outside the API.
+pub(crate) fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"errors\":[{\"code\":\"NOT_FOUND\",\"message\":\"no such endpoint\"}]}",
+    )
+        .into_response()
+}

@@ -1,0 +1,277 @@
+//! The buildset profile: an ephemeral registry for one Zuul buildset.
+//!
+//! Embedded defaults only: temporary storage, a generated certificate, a
+//! random password for one push user, anonymous pull. Once it accepts
+//! connections it describes itself as a [`RegistryInfo`], exactly the
+//! `buildset_registry` dict that zuul-jobs passes around.
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use speculum_storage::Registry;
+use tokio::net::TcpListener;
+
+use crate::auth::AuthPolicy;
+use crate::serve::Server;
+use crate::tls::{TlsError, generate_certificate, server_config};
+use crate::{AppState, router};
+
+/// How to run a buildset registry.
+#[derive(Debug, Clone)]
+pub struct BuildsetOptions {
+    /// Where to listen; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Host names to put in the certificate (the first is the info's host).
+    pub hostnames: Vec<String>,
+    /// IP addresses to put in the certificate.
+    pub ips: Vec<IpAddr>,
+    /// Keep storage here; otherwise a temporary directory removed on shutdown.
+    pub root: Option<PathBuf>,
+    /// The push user.
+    pub username: String,
+    /// The push user's password; generated when `None`.
+    pub password: Option<String>,
+    /// Serve plain HTTP instead of TLS.
+    pub insecure_http: bool,
+}
+
+impl Default for BuildsetOptions {
+    fn default() -> Self {
+        BuildsetOptions {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 5000)),
+            hostnames: Vec::new(),
+            ips: Vec::new(),
+            root: None,
+            username: "zuul".to_string(),
+            password: None,
+            insecure_http: false,
+        }
+    }
+}
+
+/// How to reach a running buildset registry: the `buildset_registry` dict.
+#[derive(Clone, Serialize, PartialEq, Eq)]
+pub struct RegistryInfo {
+    /// Host name or IP address clients connect to.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// The push user.
+    pub username: String,
+    /// The push user's password.
+    pub password: String,
+    /// The CA certificate to trust, in PEM (empty over plain HTTP).
+    pub cert: String,
+}
+
+impl fmt::Debug for RegistryInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryInfo")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a buildset registry could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Preparing storage failed.
+    #[error("cannot prepare storage: {0}")]
+    Storage(String),
+    /// Generating the certificate or TLS config failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Reading the password or the OS RNG failed.
+    #[error("cannot make the password: {0}")]
+    Password(String),
+}
+
+/// A running buildset registry.
+#[derive(Debug)]
+pub struct BuildsetServer {
+    server: Server,
+    info: RegistryInfo,
+    root: PathBuf,
+    temp: Option<tempfile::TempDir>,
+}
+
+impl BuildsetServer {
+    /// Prepare storage, generate the certificate and password, bind, and
+    /// start serving. When this returns, the registry accepts connections.
+    pub async fn start(options: BuildsetOptions) -> Result<BuildsetServer, StartError> {
+        let password = match options.password {
+            Some(p) => p,
+            None => generate_password()?,
+        };
+        let (root, temp) = match &options.root {
+            Some(root) => {
+                std::fs::create_dir_all(root)
+                    .map_err(|e| StartError::Storage(format!("{}: {e}", root.display())))?;
+                (root.clone(), None)
+            }
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("speculum-buildset-")
+                    .tempdir()
+                    .map_err(|e| StartError::Storage(e.to_string()))?;
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        let registry = Registry::filesystem(&root)
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))?;
+
+        let (tls, cert) = if options.insecure_http {
+            (None, String::new())
+        } else {
+            let generated = generate_certificate(&options.hostnames, &options.ips)?;
+            (Some(server_config(&generated)?), generated.ca_pem)
+        };
+
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: options.listen,
+                    source,
+                })?;
+        let auth = AuthPolicy::buildset(options.username.clone(), password.as_bytes());
+        let app = router(AppState::new(registry, auth));
+        let server = Server::start(listener, app, tls).map_err(|source| StartError::Bind {
+            addr: options.listen,
+            source,
+        })?;
+        let addr = server.local_addr();
+
+        let host = options
+            .hostnames
+            .first()
+            .cloned()
+            .or_else(|| options.ips.first().map(IpAddr::to_string))
+            .unwrap_or_else(|| {
+                if addr.ip().is_unspecified() {
+                    Ipv4Addr::LOCALHOST.to_string()
+                } else {
+                    addr.ip().to_string()
+                }
+            });
+        let info = RegistryInfo {
+            host,
+            port: addr.port(),
+            username: options.username,
+            password,
+            cert,
+        };
+        tracing::info!(
+            %addr,
+            tls = !options.insecure_http,
+            root = %root.display(),
+            temporary = temp.is_some(),
+            "buildset registry ready"
+        );
+        Ok(BuildsetServer {
+            server,
+            info,
+            root,
+            temp,
+        })
+    }
+
+    /// The connection info.
+    pub fn info(&self) -> &RegistryInfo {
+        &self.info
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Where storage lives.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Stop serving, then remove temporary storage.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+        if let Some(temp) = self.temp {
+            let path = temp.path().to_path_buf();
+            if let Err(e) = temp.close() {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove temporary storage");
+            }
+        }
+        tracing::info!("buildset registry stopped");
+    }
+}
+
+/// 32 alphanumeric characters from the OS RNG.
+fn generate_password() -> Result<String, StartError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let rng = rustls::crypto::ring::default_provider().secure_random;
+    let mut out = String::with_capacity(32);
+    let mut buf = [0u8; 64];
+    while out.len() < 32 {
+        rng.fill(&mut buf)
+            .map_err(|e| StartError::Password(format!("{e:?}")))?;
+        // Rejection sampling keeps every character equally likely.
+        for &b in &buf {
+            if usize::from(b) < ALPHABET.len() * 4 && out.len() < 32 {
+                out.push(char::from(ALPHABET[usize::from(b) % ALPHABET.len()]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Write `info` as JSON to `path` with mode 0600, atomically: a temporary
+/// file in the same directory, then a rename, so readers never see half of it.
+/// (No fsync: the file describes a process that would not survive a crash.)
+pub fn write_info_file(path: &Path, info: &RegistryInfo) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".speculum-info-")
+        .tempfile_in(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    serde_json::to_writer(&mut tmp, info)?;
+    tmp.write_all(b"\n")?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords() {
+        let a = generate_password().unwrap();
+        let b = generate_password().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+}

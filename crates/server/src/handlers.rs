@@ -1,0 +1,170 @@
+//! One handler module per resource, and the dispatcher that picks one.
+//!
+//! The dispatcher parses the raw path into a [`Route`], checks the method,
+//! resolves the repository (grammar and namespace) and hands the request to
+//! the resource's handler, which authorizes the action before touching storage.
+
+mod base;
+mod blobs;
+mod catalog;
+mod manifests;
+mod referrers;
+mod tags;
+mod uploads;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
+use speculum_oci::{Digest, ErrorCode};
+use speculum_storage::BodyStream;
+
+use crate::AppState;
+use crate::auth::{Action, Identity};
+use crate::error::{ApiError, ApiResult};
+use crate::route::{Query, Repo, Route};
+
+/// The parts of a request that handlers read.
+pub(crate) struct Ctx {
+    pub(crate) method: Method,
+    pub(crate) headers: HeaderMap,
+    pub(crate) query: Query,
+    pub(crate) state: AppState,
+}
+
+impl Ctx {
+    /// Ask the auth policy whether this request may perform `action`.
+    pub(crate) fn authorize(&self, action: Action) -> ApiResult<Identity> {
+        self.state.auth().authorize(&self.headers, action)
+    }
+
+    /// Resolve a raw name from the path in the request's namespace.
+    fn repo(&self, raw: &str) -> ApiResult<Repo> {
+        Repo::resolve(raw, self.query.get("ns"))
+    }
+
+    /// A request header as a string, if present and valid.
+    pub(crate) fn header(&self, name: HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The declared `Content-Length`, if any.
+    pub(crate) fn content_length(&self) -> Option<u64> {
+        self.header(header::CONTENT_LENGTH)
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// Route a request to its handler.
+pub(crate) async fn handle(state: &AppState, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let uri: Uri = parts.uri;
+    let Some(route) = Route::parse(uri.path()) else {
+        return Ok(crate::not_found());
+    };
+    let ctx = Ctx {
+        method: parts.method,
+        headers: parts.headers,
+        query: Query::from_uri(&uri)?,
+        state: state.clone(),
+    };
+    let read = matches!(ctx.method, Method::GET | Method::HEAD);
+    match route {
+        Route::Base if read => base::get(&ctx),
+        Route::Catalog if read => catalog::list(&ctx).await,
+        Route::Tags { name } if read => tags::list(&ctx, &ctx.repo(name)?).await,
+        Route::Manifest { name, reference } => {
+            let repo = ctx.repo(name)?;
+            match ctx.method {
+                Method::GET | Method::HEAD => manifests::get(&ctx, &repo, reference).await,
+                Method::PUT => manifests::put(&ctx, &repo, reference, body).await,
+                Method::DELETE => manifests::delete(&ctx, &repo, reference).await,
+                _ => Err(unsupported(&ctx.method)),
+            }
+        }
+        Route::Blob { name, digest } => {
+            let repo = ctx.repo(name)?;
+            match ctx.method {
+                Method::GET | Method::HEAD => blobs::get(&ctx, &repo, digest).await,
+                Method::DELETE => blobs::delete(&ctx, &repo, digest).await,
+                _ => Err(unsupported(&ctx.method)),
+            }
+        }
+        Route::Uploads { name } if ctx.method == Method::POST => {
+            uploads::start(&ctx, &ctx.repo(name)?, body).await
+        }
+        Route::Upload { name, id } => {
+            let repo = ctx.repo(name)?;
+            match ctx.method {
+                Method::GET => uploads::status(&ctx, &repo, id).await,
+                Method::PATCH => uploads::patch(&ctx, &repo, id, body).await,
+                Method::PUT => uploads::finish(&ctx, &repo, id, body).await,
+                Method::DELETE => uploads::cancel(&ctx, &repo, id).await,
+                _ => Err(unsupported(&ctx.method)),
+            }
+        }
+        Route::Referrers { name, digest } if read => {
+            referrers::list(&ctx, &ctx.repo(name)?, digest).await
+        }
+        _ => Err(unsupported(&ctx.method)),
+    }
+}
+
+fn unsupported(method: &Method) -> ApiError {
+    ApiError::new(ErrorCode::Unsupported).message(format!("method {method} is not allowed here"))
+}
+
+/// Parse a digest from the URL or a query parameter: `DIGEST_INVALID` if bad.
+pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
+    s.parse::<Digest>()
+        .map_err(|e| ApiError::new(ErrorCode::DigestInvalid).message(e.to_string()))
+}
+
+/// A request body as the storage layer's stream of chunks.
+pub(crate) fn body_stream(body: Body) -> BodyStream {
+    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+}
+
+/// Read a whole body of at most `limit` bytes. `None` means it was larger.
+pub(crate) async fn read_limited(body: Body, limit: usize) -> ApiResult<Option<Bytes>> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(ErrorCode::BlobUploadInvalid)
+                .message(format!("reading the body failed: {e}"))
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// A header value built from text we produced (digests, paths, numbers).
+/// Such text is always a valid header value; an invalid one would be a bug,
+/// reported as an internal error rather than a panic.
+pub(crate) fn hv(value: impl AsRef<str>) -> ApiResult<HeaderValue> {
+    HeaderValue::from_str(value.as_ref())
+        .map_err(|_| ApiError::internal(format!("invalid header value {:?}", value.as_ref())))
+}
+
+/// The `Range` header value for an upload of `size` bytes: `0-<last byte>`
+/// (inclusive), and `0-0` for an empty upload, as registries conventionally
+/// answer.
+pub(crate) fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+/// The header used to return a digest.
+pub(crate) const DOCKER_CONTENT_DIGEST: HeaderName =
+    HeaderName::from_static("docker-content-digest");
+/// The header carrying an upload session's id.
+pub(crate) const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
+/// The header naming a pushed manifest's subject.
+pub(crate) const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+/// The header saying which referrers filters were applied.
+pub(crate) const OCI_FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");

@@ -1,0 +1,159 @@
+//! `/v2/<name>/blobs/<digest>`: fetch (whole or a range) and delete blobs.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use speculum_oci::ErrorCode;
+use speculum_storage::ByteRange;
+use tokio_util::io::ReaderStream;
+
+use super::{Ctx, DOCKER_CONTENT_DIGEST, hv, parse_digest};
+use crate::auth::Action;
+use crate::error::{ApiError, ApiResult};
+use crate::route::Repo;
+
+/// A `Range` request header resolved against a blob's size.
+enum Wanted {
+    Whole,
+    Part(ByteRange),
+    Unsatisfiable,
+}
+
+/// Parse `bytes=a-b`, `bytes=a-` or `bytes=-n`. Anything else (several
+/// ranges, other units, garbage) is ignored and the whole blob is served, as
+/// HTTP allows.
+fn wanted(value: &str, size: u64) -> Wanted {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Wanted::Whole;
+    };
+    if spec.contains(',') {
+        return Wanted::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Wanted::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        // The last `n` bytes.
+        return match b.parse::<u64>() {
+            Ok(0) => Wanted::Unsatisfiable,
+            Ok(_) if size == 0 => Wanted::Unsatisfiable,
+            Ok(n) => Wanted::Part(ByteRange {
+                start: size.saturating_sub(n),
+                end: Some(size - 1),
+            }),
+            Err(_) => Wanted::Whole,
+        };
+    }
+    let Ok(start) = a.parse::<u64>() else {
+        return Wanted::Whole;
+    };
+    let end = if b.is_empty() {
+        None
+    } else {
+        match b.parse::<u64>() {
+            Ok(end) if end >= start => Some(end),
+            _ => return Wanted::Whole,
+        }
+    };
+    if start >= size {
+        return Wanted::Unsatisfiable;
+    }
+    Wanted::Part(ByteRange {
+        start,
+        end: Some(end.map_or(size - 1, |e| e.min(size - 1))),
+    })
+}
+
+/// `GET`/`HEAD /v2/<name>/blobs/<digest>`, with `Range` support on GET.
+pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Response> {
+    ctx.authorize(Action::Pull)?;
+    let digest = parse_digest(digest)?;
+    let registry = ctx.state.registry();
+    let size = registry.stat_blob(&repo.stored, &digest).await?;
+    let digest_value = hv(digest.to_string())?;
+    let is_head = ctx.method == axum::http::Method::HEAD;
+    let range = match ctx.header(header::RANGE) {
+        Some(v) if !is_head => wanted(v, size),
+        _ => Wanted::Whole,
+    };
+    let range = match range {
+        Wanted::Whole => None,
+        Wanted::Part(r) => Some(r),
+        Wanted::Unsatisfiable => {
+            return Err(ApiError::new(ErrorCode::RangeInvalid)
+                .message(format!("range not satisfiable for a blob of {size} bytes"))
+                .header(header::CONTENT_RANGE, hv(format!("bytes */{size}"))?));
+        }
+    };
+    let mut response = if is_head {
+        StatusCode::OK.into_response()
+    } else {
+        let blob = registry.read_blob(&repo.stored, &digest, range).await?;
+        let length = if blob.size == 0 {
+            0
+        } else {
+            blob.end - blob.start + 1
+        };
+        let body = Body::from_stream(ReaderStream::new(blob.reader));
+        let mut response = body.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        if range.is_some() {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            response.headers_mut().insert(
+                header::CONTENT_RANGE,
+                hv(format!("bytes {}-{}/{}", blob.start, blob.end, blob.size))?,
+            );
+        }
+        response
+    };
+    let headers = response.headers_mut();
+    if is_head {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(DOCKER_CONTENT_DIGEST, digest_value);
+    Ok(response)
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>`
+pub(crate) async fn delete(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Response> {
+    ctx.authorize(Action::Delete)?;
+    let digest = parse_digest(digest)?;
+    ctx.state
+        .registry()
+        .delete_blob(&repo.stored, &digest)
+        .await?;
+    tracing::info!(repo = %repo.stored, %digest, "blob deleted");
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(v: &str, size: u64) -> Option<(u64, Option<u64>)> {
+        match wanted(v, size) {
+            Wanted::Part(r) => Some((r.start, r.end)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(part("bytes=0-3", 10), Some((0, Some(3))));
+        assert_eq!(part("bytes=4-", 10), Some((4, Some(9))));
+        assert_eq!(part("bytes=5-100", 10), Some((5, Some(9))));
+        assert_eq!(part("bytes=-3", 10), Some((7, Some(9))));
+        assert!(matches!(wanted("bytes=10-12", 10), Wanted::Unsatisfiable));
+        assert!(matches!(wanted("bytes=0-0", 0), Wanted::Unsatisfiable));
+        assert!(matches!(wanted("bytes=5-2", 10), Wanted::Whole));
+        assert!(matches!(wanted("items=0-2", 10), Wanted::Whole));
+        assert!(matches!(wanted("bytes=0-1,3-4", 10), Wanted::Whole));
+    }
+}
