@@ -1,0 +1,307 @@
+//! The Zuul intermediate-registry steps.
+//!
+//! The roles write Zuul's variables to a JSON file; these functions read it
+//! and move images between the buildset registry (BR) and the intermediate
+//! registry (IR) directly: the BR's certificate and credentials come from the
+//! `buildset_registry` dict, so no tunnel and no write to `/etc/docker` is
+//! needed.
+//!
+//! - pull: every artifact with `metadata.type == "container_image"` is copied
+//!   (all platforms) from its `url` into the BR as
+//!   `<repository without a leading docker.io/>:<metadata.tag>`.
+//! - push: every `<BR>/<repository>:<tag>` is copied to
+//!   `<IR>/<repository>:<build>_<tag>`, and the artifacts are returned in the
+//!   shape `zuul_return` expects.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Deserializer};
+use speculum_oci::{RepositoryName, Tag};
+
+use crate::auth::Credentials;
+use crate::copy::{CopyOptions, CopyReport, Endpoint, NoProgress, PlatformSelection, copy};
+use crate::error::{Error, Result};
+use crate::reference::{RegistryRef, host_port};
+use crate::registry::{Registry, RegistryOptions};
+
+/// How many copies of one step run at once.
+pub const PARALLEL_COPIES: usize = 4;
+
+fn port<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u16, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => {
+            n.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| serde::de::Error::custom("invalid port"))
+        }
+        serde_json::Value::String(s) => s.trim().parse().map_err(|_| serde::de::Error::custom("invalid port")),
+        _ => Err(serde::de::Error::custom("port must be a number")),
+    }
+}
+
+/// A registry's connection info, as Zuul passes it.
+#[derive(Clone, Deserialize)]
+pub struct RegistryInfo {
+    /// Host name or IP literal (IPv6 without brackets is fine).
+    pub host: String,
+    /// Port.
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM text of a certificate to trust as CA for this registry.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// Plain HTTP (tests on loopback).
+    #[serde(default)]
+    pub insecure: Option<bool>,
+}
+
+impl std::fmt::Debug for RegistryInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryInfo")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl RegistryInfo {
+    /// `host:port`, IPv6 bracketed.
+    pub fn address(&self) -> String {
+        host_port(self.host.trim_start_matches('[').trim_end_matches(']'), self.port)
+    }
+
+    /// A client for this registry.
+    pub fn client(&self) -> Result<Registry> {
+        let credentials = match (&self.username, &self.password) {
+            (Some(u), Some(p)) if !u.is_empty() => Some(Credentials::new(u, p)),
+            _ => None,
+        };
+        let ca_pems = self.cert.iter().filter(|c| !c.trim().is_empty()).map(|c| c.as_bytes().to_vec()).collect();
+        Registry::new(
+            &self.address(),
+            RegistryOptions {
+                credentials,
+                ca_pems,
+                insecure: self.insecure.unwrap_or(false),
+                certs_dirs: None,
+                attempts: None,
+            },
+        )
+    }
+}
+
+/// The pull step's input.
+#[derive(Debug, Deserialize)]
+pub struct PullVars {
+    /// The buildset registry.
+    pub buildset_registry: RegistryInfo,
+    /// The intermediate registry.
+    pub intermediate_registry: RegistryInfo,
+    /// `zuul.artifacts`.
+    #[serde(default)]
+    pub artifacts: Vec<serde_json::Value>,
+}
+
+/// One image to push.
+#[derive(Debug, Deserialize)]
+pub struct ImageSpec {
+    /// The repository (full name, e.g. `quay.io/org/app` or `docker.io/org/app`).
+    pub repository: String,
+    /// Tags, `["latest"]` when absent.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+/// The push step's input.
+#[derive(Debug, Deserialize)]
+pub struct PushVars {
+    /// The buildset registry.
+    pub buildset_registry: RegistryInfo,
+    /// The intermediate registry.
+    pub intermediate_registry: RegistryInfo,
+    /// `container_images` / `docker_images`.
+    #[serde(default)]
+    pub images: Vec<ImageSpec>,
+    /// `zuul.build`.
+    pub build: String,
+}
+
+/// Read a vars file.
+pub fn read_vars<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&text).map_err(|e| Error::input(format!("{}: invalid vars file: {e}", path.display())))
+}
+
+fn strip_docker_io(repo: &str) -> &str {
+    repo.strip_prefix("docker.io/").unwrap_or(repo)
+}
+
+fn repo_name(s: &str) -> Result<RepositoryName> {
+    s.parse().map_err(|e: speculum_oci::Error| Error::input(format!("invalid repository {s:?}: {e}")))
+}
+
+fn tag_name(s: &str) -> Result<Tag> {
+    s.parse().map_err(|e: speculum_oci::Error| Error::input(format!("invalid tag {s:?}: {e}")))
+}
+
+/// One failed copy of a step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepFailure {
+    /// The image that failed.
+    pub image: String,
+    /// Why.
+    pub error: String,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepReport {
+    /// The copies that succeeded.
+    pub copies: Vec<CopyReport>,
+    /// The copies that failed.
+    pub failures: Vec<StepFailure>,
+}
+
+impl StepReport {
+    /// An error naming every failed image, if any failed.
+    pub fn error(&self) -> Option<Error> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self.failures.iter().map(|f| format!("{}: {}", f.image, f.error)).collect();
+        Some(Error::InvalidInput(parts.join("; ")))
+    }
+}
+
+async fn run_copies(jobs: Vec<(Endpoint, Endpoint)>) -> StepReport {
+    let opts = CopyOptions { platforms: PlatformSelection::All, ..CopyOptions::default() };
+    let results: Vec<(String, Result<CopyReport>)> = futures_util::stream::iter(jobs)
+        .map(|(src, dst)| {
+            let opts = opts.clone();
+            async move {
+                let name = src.image().to_string();
+                let r = copy(&src, &dst, &opts, Arc::new(NoProgress)).await;
+                (name, r)
+            }
+        })
+        .buffer_unordered(PARALLEL_COPIES)
+        .collect()
+        .await;
+    let mut report = StepReport { copies: vec![], failures: vec![] };
+    for (image, r) in results {
+        match r {
+            Ok(c) => report.copies.push(c),
+            Err(e) => report.failures.push(StepFailure { image, error: e.to_string() }),
+        }
+    }
+    report
+}
+
+/// Copy the artifacts of the changes ahead from the IR into the BR.
+pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
+    let br = Arc::new(vars.buildset_registry.client()?);
+    let mut irs: Vec<Arc<Registry>> = Vec::new();
+    let mut jobs = Vec::new();
+    for a in &vars.artifacts {
+        let meta = a.get("metadata");
+        if meta.and_then(|m| m.get("type")).and_then(|t| t.as_str()) != Some("container_image") {
+            continue;
+        }
+        let field = |v: Option<&serde_json::Value>, k: &str| -> Result<String> {
+            v.and_then(|m| m.get(k))
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| Error::input(format!("artifact {} has no {k}", a.get("name").unwrap_or(&serde_json::Value::Null))))
+        };
+        let url = field(Some(a), "url")?;
+        let repository = field(meta, "repository")?;
+        let tag = field(meta, "tag")?;
+        let src: RegistryRef = url.parse()?;
+        // The IR's credentials and certificate apply to the artifact's registry.
+        let reg = match irs.iter().find(|r| r.name() == src.registry) {
+            Some(r) => r.clone(),
+            None => {
+                let mut info = vars.intermediate_registry.clone();
+                let (h, p) = split_host_port(&src.registry)?;
+                info.host = h;
+                info.port = p;
+                let r = Arc::new(info.client()?);
+                irs.push(r.clone());
+                r
+            }
+        };
+        let dst = RegistryRef::new(br.name(), repo_name(strip_docker_io(&repository))?, Some(tag_name(&tag)?));
+        jobs.push((Endpoint::registry(reg, src), Endpoint::registry(br.clone(), dst)));
+    }
+    Ok(run_copies(jobs).await)
+}
+
+fn split_host_port(registry: &str) -> Result<(String, u16)> {
+    let bad = || Error::input(format!("artifact registry {registry:?} has no port"));
+    let (h, p) = if let Some(rest) = registry.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = registry.rsplit_once(':').ok_or_else(bad)?;
+        (h.to_string(), p)
+    };
+    Ok((h, p.parse().map_err(|_| bad())?))
+}
+
+/// Copy this build's images from the BR to the IR; returns the report and the
+/// `zuul_return` data.
+pub async fn push_intermediate(vars: &PushVars) -> Result<(StepReport, serde_json::Value)> {
+    if vars.build.is_empty() || !vars.build.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(Error::input(format!("invalid build id {:?}", vars.build)));
+    }
+    let br = Arc::new(vars.buildset_registry.client()?);
+    let ir = Arc::new(vars.intermediate_registry.client()?);
+    let mut jobs = Vec::new();
+    let mut artifacts = Vec::new();
+    for image in &vars.images {
+        let tags = image.tags.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| vec!["latest".to_string()]);
+        for tag in tags {
+            let src = RegistryRef::new(br.name(), repo_name(strip_docker_io(&image.repository))?, Some(tag_name(&tag)?));
+            let ir_tag = tag_name(&format!("{}_{tag}", vars.build))?;
+            let dst = RegistryRef::new(ir.name(), repo_name(&image.repository)?, Some(ir_tag.clone()));
+            artifacts.push(serde_json::json!({
+                "name": format!("{}:{tag}", image.repository),
+                "url": format!("docker://{}/{}:{ir_tag}", ir.name(), image.repository),
+                "metadata": {"type": "container_image", "repository": image.repository, "tag": tag},
+            }));
+            jobs.push((Endpoint::registry(br.clone(), src), Endpoint::registry(ir.clone(), dst)));
+        }
+    }
+    let report = run_copies(jobs).await;
+    Ok((report, serde_json::json!({"zuul": {"artifacts": artifacts}})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vars_and_addresses() {
+        let v: PushVars = serde_json::from_str(
+            r#"{"buildset_registry":{"host":"::1","port":"5000","username":"zuul","password":"secret","cert":""},
+                "intermediate_registry":{"host":"ir.example","port":443,"username":"u","password":"p"},
+                "images":[{"repository":"quay.io/org/app"}],"build":"abc123"}"#,
+        )
+        .unwrap();
+        assert_eq!(v.buildset_registry.address(), "[::1]:5000");
+        assert_eq!(v.intermediate_registry.address(), "ir.example:443");
+        assert!(!format!("{v:?}").contains("secret"));
+        assert_eq!(split_host_port("[::1]:5000").unwrap(), ("::1".to_string(), 5000));
+        assert_eq!(split_host_port("ir:5000").unwrap(), ("ir".to_string(), 5000));
+        assert!(split_host_port("ir").is_err());
+        assert_eq!(strip_docker_io("docker.io/org/app"), "org/app");
+    }
+}
