@@ -1,18 +1,92 @@
-//! CONTRACT SKELETON — replaced by the real implementation.
+//! Content-addressed storage for the speculum registry.
 //!
-//! This file pins the public API that `speculum-server` calls. The storage
-//! implementer may add to it and change internals freely, but must keep these
-//! names and signatures (or update the server in the same change).
+//! Two layers, as in the reference registry:
+//!
+//! - A [`Backend`] stores content-addressed blobs, upload sessions and small
+//!   metadata tables. It is not a filesystem API, so each backend implements
+//!   exactly the operations the registry needs. [`MemoryBackend`] keeps
+//!   everything in memory (tests, throw-away registries); [`FsBackend`] keeps
+//!   it under a directory, whose layout is drawn in one place (`fs.rs`).
+//! - The [`Registry`] gives a backend the semantics of the OCI distribution
+//!   spec: blobs linked per repository, chunked uploads with a streaming
+//!   digest, manifests stored as the exact bytes pushed, one digest per tag,
+//!   the referrers index, tag and catalog pagination.
+//!
+//! Every failure is an [`Error`]: [`Error::Client`] carries the spec
+//! [`ErrorCode`] (and so the HTTP status) plus a message that is safe to send
+//! to a client; [`Error::Io`] is an internal failure that the server logs and
+//! answers with 500.
+//!
+//! What a manifest push checks: the manifest parses and is valid for its
+//! media type (else `MANIFEST_INVALID`; an unsupported media type is
+//! `MANIFEST_INVALID` too), a push by digest matches the content (else
+//! `DIGEST_INVALID`), every blob it needs is linked in the repository with the
+//! size it claims and every child of an index is a manifest of the
+//! repository (else `MANIFEST_BLOB_UNKNOWN`, with the missing digest as
+//! detail). A `subject` need not exist.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use bytes::Bytes;
+//! use speculum_oci::{Digest, RepositoryName, media_type};
+//! use speculum_storage::{Registry, body_from_bytes};
+//!
+//! let registry = Registry::memory();
+//! let repo: RepositoryName = "org/app".parse().unwrap();
+//!
+//! // A blob in two chunks.
+//! let id = registry.start_upload(&repo).await.unwrap();
+//! registry.append_upload(&repo, &id, Some(0), body_from_bytes("{")).await.unwrap();
+//! let config = Digest::sha256(b"{}");
+//! let size = registry.finish_upload(&repo, &id, &config, Some(body_from_bytes("}"))).await.unwrap();
+//! assert_eq!(size, 2);
+//!
+//! // A manifest that needs it, pushed under a tag.
+//! let manifest = format!(
+//!     r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{config}","size":2}},"layers":[]}}"#,
+//!     media_type::OCI_MANIFEST,
+//!     media_type::OCI_EMPTY,
+//! );
+//! let pushed = registry
+//!     .put_manifest(&repo, &"v1".parse().unwrap(), Some(media_type::OCI_MANIFEST), Bytes::from(manifest.clone()))
+//!     .await
+//!     .unwrap();
+//! let got = registry.get_manifest(&repo, &"v1".parse().unwrap()).await.unwrap();
+//! assert_eq!(got.digest, pushed.digest);
+//! assert_eq!(got.bytes, manifest.as_bytes());
+//! assert_eq!(registry.list_tags(&repo, None, None).await.unwrap().items, ["v1"]);
+//! # });
+//! ```
+
+#![deny(missing_docs)]
 
 use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::Stream;
-use speculum_oci::{Descriptor, Digest, ErrorCode, ManifestInfo, Reference, RepositoryName};
+use speculum_oci::{Digest, ErrorCode, ManifestInfo};
 use tokio::io::AsyncRead;
+
+mod backend;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod fs;
+mod memory;
+mod registry;
+
+pub use backend::{Backend, BlobReader, Table, UploadId, UploadInfo, UploadWriter};
+pub use fs::FsBackend;
+pub use memory::MemoryBackend;
+pub use registry::Registry;
 
 /// A request body as a stream of chunks.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A body stream that yields `bytes` as one chunk.
+pub fn body_from_bytes(bytes: impl Into<Bytes>) -> BodyStream {
+    let bytes = bytes.into();
+    Box::pin(futures_util::stream::once(async move { Ok(bytes) }))
+}
 
 /// A storage error: either the client's mistake (it carries the spec code the
 /// server answers with) or an internal failure (the server answers 500 and
@@ -35,6 +109,37 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// A client error with a message and no detail.
+    pub fn client(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error::Client {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// The same error with `detail` attached (client errors only).
+    pub fn with_detail(self, detail: serde_json::Value) -> Error {
+        match self {
+            Error::Client { code, message, .. } => Error::Client {
+                code,
+                message,
+                detail: Some(detail),
+            },
+            other => other,
+        }
+    }
+
+    /// The spec code of a client error; `None` for internal failures.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Client { code, .. } => Some(*code),
+            Error::Io(_) => None,
+        }
+    }
+}
+
 /// A result with a storage [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -54,10 +159,37 @@ pub struct BlobBody {
     pub size: u64,
     /// The inclusive range served (`0..=size-1` when no range was asked).
     pub start: u64,
-    /// The inclusive end of the range served.
+    /// The inclusive end of the range served (`0` for an empty blob, whose
+    /// reader is empty).
     pub end: u64,
     /// The bytes of the range.
     pub reader: Pin<Box<dyn AsyncRead + Send>>,
+}
+
+impl BlobBody {
+    /// The number of bytes the reader yields.
+    pub fn len(&self) -> u64 {
+        if self.size == 0 {
+            0
+        } else {
+            self.end - self.start + 1
+        }
+    }
+
+    /// Whether the reader yields nothing (an empty blob).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobBody")
+            .field("size", &self.size)
+            .field("start", &self.start)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A manifest as stored: the exact bytes pushed and the media type pushed with.
@@ -87,33 +219,4 @@ pub struct Page {
     pub items: Vec<String>,
     /// Whether more items follow the last one.
     pub more: bool,
-}
-
-/// The registry layer over a backend. Cheap to clone.
-#[derive(Clone)]
-pub struct Registry {}
-
-#[allow(missing_docs, unused_variables, clippy::unused_async)]
-impl Registry {
-    pub fn memory() -> Registry { todo!() }
-    pub async fn filesystem(root: &std::path::Path) -> Result<Registry> { todo!() }
-
-    pub async fn stat_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> { todo!() }
-    pub async fn read_blob(&self, repo: &RepositoryName, digest: &Digest, range: Option<ByteRange>) -> Result<BlobBody> { todo!() }
-    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> { todo!() }
-    pub async fn mount_blob(&self, repo: &RepositoryName, from: &RepositoryName, digest: &Digest) -> Result<bool> { todo!() }
-
-    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<String> { todo!() }
-    pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<u64> { todo!() }
-    pub async fn append_upload(&self, repo: &RepositoryName, id: &str, start: Option<u64>, body: BodyStream) -> Result<u64> { todo!() }
-    pub async fn finish_upload(&self, repo: &RepositoryName, id: &str, digest: &Digest, body: Option<BodyStream>) -> Result<u64> { todo!() }
-    pub async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> { todo!() }
-    pub async fn put_blob(&self, repo: &RepositoryName, digest: &Digest, body: BodyStream) -> Result<u64> { todo!() }
-
-    pub async fn put_manifest(&self, repo: &RepositoryName, reference: &Reference, content_type: Option<&str>, bytes: Bytes) -> Result<PutManifest> { todo!() }
-    pub async fn get_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<StoredManifest> { todo!() }
-    pub async fn delete_manifest(&self, repo: &RepositoryName, reference: &Reference) -> Result<()> { todo!() }
-    pub async fn list_tags(&self, repo: &RepositoryName, last: Option<&str>, n: Option<usize>) -> Result<Page> { todo!() }
-    pub async fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page> { todo!() }
-    pub async fn referrers(&self, repo: &RepositoryName, digest: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> { todo!() }
 }

@@ -1,0 +1,476 @@
+//! The filesystem backend.
+//!
+//! Everything lives under one root directory:
+//!
+//! ```text
+//! <root>/
+//! ├── blobs/
+//! │   └── <algorithm>/<first 2 hex>/<hex>          blob bytes: layers, configs, manifests
+//! ├── uploads/
+//! │   └── <uuid>/                                  one upload session
+//! │       ├── info                                 JSON {"repo", "started"}
+//! │       └── data                                 the bytes received so far
+//! ├── repositories/
+//! │   └── <name component>/.../<name component>/  one directory per name component
+//! │       ├── _blobs/<algorithm>:<hex>             empty file: the blob is linked here
+//! │       ├── _manifests/<algorithm>:<hex>         JSON record: media type, subject
+//! │       ├── _tags/<tag>                          the digest the tag points at
+//! │       └── _referrers/<subject digest>/<digest> the referrer's descriptor, JSON
+//! └── tmp/<uuid>                                   a file or session being created
+//! ```
+//!
+//! Why it is safe:
+//! - Names that reach the filesystem are validated first: repository name
+//!   components match the spec grammar (they start and end with a letter or
+//!   digit, so never `.`, `..` or `_blobs`), digests are strict lowercase hex,
+//!   tags have no `/` and no leading `.`, upload ids are canonical UUIDs.
+//! - Every write that replaces something (a tag, a link, a blob) is written
+//!   to `tmp/`, fsynced, renamed into place and its directory fsynced, so a
+//!   reader or a crash sees the old value or the new one, never a torn file.
+//! - An upload session is created complete in `tmp/` and renamed into
+//!   `uploads/`; its `data` is renamed into `blobs/` when committed. `tmp/`
+//!   and `uploads/` are therefore empty whenever nothing is in flight, and
+//!   what a crash leaves there is garbage for GC.
+
+use std::io::{self, ErrorKind, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use speculum_oci::{Digest, RepositoryName};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::Result;
+use crate::backend::{Backend, BlobReader, Table, UploadId, UploadInfo, UploadWriter, check_key};
+
+/// Read buffer for blobs: large enough that a read is one system call per
+/// 256 KiB, whatever buffer size the consumer polls with.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// A backend that stores everything under a root directory (see the module
+/// docs for the layout).
+#[derive(Debug, Clone)]
+pub struct FsBackend {
+    root: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InfoFile {
+    repo: String,
+    /// Seconds since the Unix epoch.
+    started: u64,
+}
+
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)??)
+}
+
+fn not_found_is<T>(r: io::Result<T>, default: T) -> io::Result<T> {
+    match r {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(default),
+        other => other,
+    }
+}
+
+/// fsync a directory, so that a rename or create in it is durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Write `bytes` to `dest` atomically through a temporary file in `tmp`.
+fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let parent = dest
+        .parent()
+        .ok_or_else(|| io::Error::other("destination has no parent"))?;
+    std::fs::create_dir_all(parent)?;
+    let temp = tmp.join(UploadId::new().as_str());
+    let result = (|| {
+        let mut f = std::fs::File::create(&temp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, dest)?;
+        sync_dir(parent)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        r => r?,
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        if let Ok(name) = entry?.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+impl FsBackend {
+    /// Open (creating it if needed) a store rooted at `root`.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<FsBackend> {
+        let root = root.into();
+        let backend = FsBackend { root };
+        for dir in [
+            backend.blobs_dir(),
+            backend.uploads_dir(),
+            backend.repos_dir(),
+            backend.tmp_dir(),
+        ] {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        Ok(backend)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    fn uploads_dir(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
+
+    fn repos_dir(&self) -> PathBuf {
+        self.root.join("repositories")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs_dir()
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn upload_dir(&self, id: &UploadId) -> PathBuf {
+        self.uploads_dir().join(id.as_str())
+    }
+
+    fn table_dir(&self, table: Table<'_>) -> PathBuf {
+        let mut p = self.repos_dir();
+        for component in table.repo().components() {
+            p.push(component);
+        }
+        match table {
+            Table::Blobs(_) => p.push("_blobs"),
+            Table::Manifests(_) => p.push("_manifests"),
+            Table::Tags(_) => p.push("_tags"),
+            Table::Referrers(_, subject) => {
+                p.push("_referrers");
+                p.push(subject.to_string());
+            }
+        }
+        p
+    }
+
+    fn table_path(&self, table: Table<'_>, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.table_dir(table).join(key))
+    }
+}
+
+struct FsWriter {
+    file: tokio::fs::File,
+}
+
+#[async_trait]
+impl UploadWriter for FsWriter {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        Ok(self.file.write_all(chunk).await?)
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<()> {
+        Ok(self.file.flush().await?)
+    }
+}
+
+fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<RepositoryName>) -> io::Result<()> {
+    let names = list_dir(dir)?;
+    if names.iter().any(|n| n.starts_with('_'))
+        && let Ok(name) = prefix.parse()
+    {
+        out.push(name);
+    }
+    for name in names
+        .iter()
+        .filter(|n| !n.starts_with('_') && !n.starts_with('.'))
+    {
+        let path = dir.join(name);
+        if !path.is_dir() {
+            continue;
+        }
+        let child = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        walk_repos(&path, &child, out)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Backend for FsBackend {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let r = tokio::fs::metadata(self.blob_path(digest))
+            .await
+            .map(|m| Some(m.len()));
+        Ok(not_found_is(r, None)?)
+    }
+
+    async fn read_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<BlobReader>> {
+        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            r => r?,
+        };
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset)).await?;
+        }
+        let reader = tokio::io::BufReader::with_capacity(READ_BUFFER, file.take(len));
+        Ok(Some(Box::pin(reader)))
+    }
+
+    async fn write_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        let dest = self.blob_path(digest);
+        let tmp = self.tmp_dir();
+        blocking(move || {
+            if dest.exists() {
+                return Ok(());
+            }
+            write_atomic(&tmp, &dest, &bytes)
+        })
+        .await
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
+        let r = tokio::fs::remove_file(self.blob_path(digest))
+            .await
+            .map(|()| true);
+        Ok(not_found_is(r, false)?)
+    }
+
+    async fn list_blobs(&self) -> Result<Vec<Digest>> {
+        let dir = self.blobs_dir();
+        blocking(move || {
+            let mut out = Vec::new();
+            for alg in list_dir(&dir)? {
+                for fan in list_dir(&dir.join(&alg))? {
+                    for hex in list_dir(&dir.join(&alg).join(&fan))? {
+                        if let Ok(d) = format!("{alg}:{hex}").parse() {
+                            out.push(d);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn create_upload(&self, id: &UploadId, repo: &RepositoryName) -> Result<()> {
+        let staging = self.tmp_dir().join(id.as_str());
+        let dest = self.upload_dir(id);
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let info = serde_json::to_vec(&InfoFile {
+            repo: repo.to_string(),
+            started,
+        })
+        .map_err(io::Error::other)?;
+        let uploads = self.uploads_dir();
+        blocking(move || {
+            let result = (|| {
+                std::fs::create_dir(&staging)?;
+                std::fs::write(staging.join("info"), &info)?;
+                std::fs::File::create(staging.join("data"))?;
+                std::fs::rename(&staging, &dest)?;
+                sync_dir(&uploads)
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            result
+        })
+        .await
+    }
+
+    async fn upload_info(&self, id: &UploadId) -> Result<Option<UploadInfo>> {
+        let dir = self.upload_dir(id);
+        let info = match tokio::fs::read(dir.join("info")).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            r => r?,
+        };
+        let info: InfoFile = serde_json::from_slice(&info).map_err(|e| {
+            io::Error::new(
+                ErrorKind::InvalidData,
+                format!("upload {id} has a corrupt info file: {e}"),
+            )
+        })?;
+        let repo = info.repo.parse().map_err(|e| {
+            io::Error::new(
+                ErrorKind::InvalidData,
+                format!("upload {id} has a corrupt info file: {e}"),
+            )
+        })?;
+        let size = match tokio::fs::metadata(dir.join("data")).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            r => r?.len(),
+        };
+        let started = UNIX_EPOCH + Duration::from_secs(info.started);
+        Ok(Some(UploadInfo {
+            repo,
+            size,
+            started,
+        }))
+    }
+
+    async fn upload_writer(&self, id: &UploadId) -> Result<Box<dyn UploadWriter>> {
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(self.upload_dir(id).join("data"))
+            .await?;
+        Ok(Box::new(FsWriter { file }))
+    }
+
+    async fn read_upload(&self, id: &UploadId) -> Result<BlobReader> {
+        let file = tokio::fs::File::open(self.upload_dir(id).join("data")).await?;
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(
+            READ_BUFFER,
+            file,
+        )))
+    }
+
+    async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> Result<u64> {
+        let dir = self.upload_dir(id);
+        let dest = self.blob_path(digest);
+        blocking(move || {
+            let data = dir.join("data");
+            let file = std::fs::File::open(&data)?;
+            let size = file.metadata()?.len();
+            if !dest.exists() {
+                file.sync_all()?;
+                let parent = dest
+                    .parent()
+                    .ok_or_else(|| io::Error::other("blob path has no parent"))?;
+                std::fs::create_dir_all(parent)?;
+                // Another upload of the same blob may win the race; rename
+                // replaces its identical file atomically.
+                std::fs::rename(&data, &dest)?;
+                sync_dir(parent)?;
+            }
+            drop(file);
+            std::fs::remove_dir_all(&dir)?;
+            Ok(size)
+        })
+        .await
+    }
+
+    async fn delete_upload(&self, id: &UploadId) -> Result<bool> {
+        let r = tokio::fs::remove_dir_all(self.upload_dir(id))
+            .await
+            .map(|()| true);
+        Ok(not_found_is(r, false)?)
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<UploadId>> {
+        let dir = self.uploads_dir();
+        let names = blocking(move || list_dir(&dir)).await?;
+        Ok(names.iter().filter_map(|n| UploadId::parse(n)).collect())
+    }
+
+    async fn get(&self, table: Table<'_>, key: &str) -> Result<Option<Bytes>> {
+        let path = self.table_path(table, key)?;
+        let r = tokio::fs::read(path).await.map(|v| Some(Bytes::from(v)));
+        Ok(not_found_is(r, None)?)
+    }
+
+    async fn put(&self, table: Table<'_>, key: &str, value: Bytes) -> Result<()> {
+        let path = self.table_path(table, key)?;
+        let tmp = self.tmp_dir();
+        blocking(move || write_atomic(&tmp, &path, &value)).await
+    }
+
+    async fn remove(&self, table: Table<'_>, key: &str) -> Result<bool> {
+        let path = self.table_path(table, key)?;
+        let r = tokio::fs::remove_file(path).await.map(|()| true);
+        Ok(not_found_is(r, false)?)
+    }
+
+    async fn keys(&self, table: Table<'_>) -> Result<Vec<String>> {
+        let dir = self.table_dir(table);
+        let names = blocking(move || list_dir(&dir)).await?;
+        Ok(names.into_iter().filter(|n| check_key(n).is_ok()).collect())
+    }
+
+    async fn repositories(&self) -> Result<Vec<RepositoryName>> {
+        let dir = self.repos_dir();
+        let mut repos = blocking(move || {
+            let mut out = Vec::new();
+            walk_repos(&dir, "", &mut out)?;
+            Ok(out)
+        })
+        .await?;
+        repos.sort();
+        Ok(repos)
+    }
+
+    async fn scratch(&self) -> Result<Vec<String>> {
+        let tmp = self.tmp_dir();
+        let uploads = self.uploads_dir();
+        blocking(move || {
+            let mut out: Vec<String> = list_dir(&tmp)?
+                .into_iter()
+                .map(|n| format!("tmp/{n}"))
+                .collect();
+            out.extend(
+                list_dir(&uploads)?
+                    .into_iter()
+                    .filter(|n| UploadId::parse(n).is_none())
+                    .map(|n| format!("uploads/{n}")),
+            );
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    crate::conformance_tests!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = crate::Registry::filesystem(dir.path()).await.unwrap();
+        (registry, dir)
+    });
+}

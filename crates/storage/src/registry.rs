@@ -1,0 +1,874 @@
+//! The registry layer: distribution-spec semantics over any [`Backend`].
+//!
+//! Blobs are stored once (content-addressed) but are visible in a repository
+//! only through a link in its `Blobs` table, written when the blob is pushed
+//! or mounted there: a client that can read one repository cannot read
+//! another's layers by guessing digests. Manifests are blobs too, registered
+//! in the repository's `Manifests` table with the media type they were
+//! pushed with; a tag is one `Tags` entry naming exactly one digest.
+//!
+//! Operations that touch several metadata entries (manifest push and delete)
+//! hold a per-repository lock; blob uploads hold a per-session lock. Locks
+//! are in-process: one registry process owns a storage root.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde_json::json;
+use speculum_oci::{
+    Algorithm, Descriptor, Digest, Digester, ErrorCode, Reference, RepositoryName, manifest,
+};
+use tokio::io::AsyncReadExt as _;
+
+use crate::backend::{Backend, Table, UploadId, UploadInfo, UploadWriter};
+use crate::fs::FsBackend;
+use crate::memory::MemoryBackend;
+use crate::{BlobBody, BodyStream, ByteRange, Error, Page, PutManifest, Result, StoredManifest};
+
+/// Buffer size for rehashing an upload whose in-memory digest state is gone.
+const HASH_BUFFER: usize = 256 * 1024;
+
+/// What the registry keeps in memory for an upload session: the streaming
+/// digest of the bytes received so far (lost on restart, then recomputed).
+#[derive(Default)]
+struct Session {
+    digester: Option<(Algorithm, Digester)>,
+}
+
+type SessionRef = Arc<tokio::sync::Mutex<Session>>;
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    sessions: Mutex<HashMap<UploadId, SessionRef>>,
+    repo_locks: Mutex<HashMap<RepositoryName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The registry layer over a backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// How a manifest is recorded in a repository's `Manifests` table.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestRecord {
+    media_type: String,
+    size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<Digest>,
+}
+
+// The maps guarded by these locks are only ever changed by single inserts
+// and removes, so a poisoned lock holds consistent data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn blob_unknown(digest: &Digest) -> Error {
+    Error::client(ErrorCode::BlobUnknown, "blob unknown to registry")
+        .with_detail(json!({ "digest": digest }))
+}
+
+fn upload_unknown() -> Error {
+    Error::client(
+        ErrorCode::BlobUploadUnknown,
+        "blob upload unknown to registry",
+    )
+}
+
+fn manifest_unknown(reference: &Reference) -> Error {
+    Error::client(ErrorCode::ManifestUnknown, "manifest unknown to registry")
+        .with_detail(json!({ "reference": reference.to_string() }))
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        what.to_string(),
+    ))
+}
+
+fn body_error(e: std::io::Error) -> Error {
+    Error::client(
+        ErrorCode::BlobUploadInvalid,
+        format!("reading the request body failed: {e}"),
+    )
+}
+
+/// Take the page of `items` (sorted) that follows `last`, at most `n` long.
+fn paginate(mut items: Vec<String>, last: Option<&str>, n: Option<usize>) -> Page {
+    items.sort();
+    items.dedup();
+    let start = match last {
+        Some(last) => items.partition_point(|i| i.as_str() <= last),
+        None => 0,
+    };
+    let rest = items.len() - start;
+    let take = n.map_or(rest, |n| n.min(rest));
+    let more = take < rest && n != Some(0);
+    let items = items.drain(start..start + take).collect();
+    Page { items, more }
+}
+
+impl Registry {
+    /// A registry over any backend.
+    pub fn new(backend: impl Backend) -> Registry {
+        Registry::with_backend(Arc::new(backend))
+    }
+
+    /// A registry over a shared backend.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Registry {
+        Registry {
+            inner: Arc::new(Inner {
+                backend,
+                sessions: Mutex::default(),
+                repo_locks: Mutex::default(),
+            }),
+        }
+    }
+
+    /// A registry that keeps everything in memory.
+    pub fn memory() -> Registry {
+        Registry::new(MemoryBackend::new())
+    }
+
+    /// A registry stored under `root` (created if needed).
+    pub async fn filesystem(root: &std::path::Path) -> Result<Registry> {
+        Ok(Registry::new(FsBackend::open(root).await?))
+    }
+
+    /// The backend underneath.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    fn backend_ref(&self) -> &dyn Backend {
+        self.inner.backend.as_ref()
+    }
+
+    async fn is_linked(&self, repo: &RepositoryName, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .backend_ref()
+            .get(Table::Blobs(repo), &digest.to_string())
+            .await?
+            .is_some())
+    }
+
+    async fn link(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+        self.backend_ref()
+            .put(Table::Blobs(repo), &digest.to_string(), Bytes::new())
+            .await
+    }
+
+    fn repo_lock(&self, repo: &RepositoryName) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.inner.repo_locks)
+            .entry(repo.clone())
+            .or_default()
+            .clone()
+    }
+
+    // ---- blobs ----------------------------------------------------------
+
+    /// The size of a blob linked into `repo`.
+    pub async fn stat_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> {
+        if !self.is_linked(repo, digest).await? {
+            return Err(blob_unknown(digest));
+        }
+        self.backend_ref()
+            .blob_size(digest)
+            .await?
+            .ok_or_else(|| blob_unknown(digest))
+    }
+
+    /// Open a blob linked into `repo`, whole or a byte range of it. A range
+    /// that starts past the end, or ends before it starts, is
+    /// [`ErrorCode::RangeInvalid`] (its detail carries the blob's `size`); an
+    /// end past the last byte is clamped to it.
+    pub async fn read_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<BlobBody> {
+        let size = self.stat_blob(repo, digest).await?;
+        let last = size.saturating_sub(1);
+        let (start, end) = match range {
+            None => (0, last),
+            Some(r) => {
+                let end = r.end.map_or(last, |e| e.min(last));
+                if r.start >= size || end < r.start {
+                    return Err(Error::client(
+                        ErrorCode::RangeInvalid,
+                        format!("requested range is not satisfiable for a blob of {size} bytes"),
+                    )
+                    .with_detail(json!({ "size": size })));
+                }
+                (r.start, end)
+            }
+        };
+        let len = if size == 0 { 0 } else { end - start + 1 };
+        let reader = self
+            .backend_ref()
+            .read_blob(digest, start, len)
+            .await?
+            .ok_or_else(|| blob_unknown(digest))?;
+        Ok(BlobBody {
+            size,
+            start,
+            end,
+            reader,
+        })
+    }
+
+    /// Unlink a blob from `repo` (the content stays until garbage collection).
+    pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+        if self
+            .backend_ref()
+            .remove(Table::Blobs(repo), &digest.to_string())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(blob_unknown(digest))
+        }
+    }
+
+    /// Link a blob of `from` into `repo`: `true` if done, `false` if `from`
+    /// does not have it (the caller then starts an ordinary upload).
+    pub async fn mount_blob(
+        &self,
+        repo: &RepositoryName,
+        from: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool> {
+        if !self.is_linked(from, digest).await?
+            || self.backend_ref().blob_size(digest).await?.is_none()
+        {
+            return Ok(false);
+        }
+        self.link(repo, digest).await?;
+        tracing::debug!(%repo, %from, %digest, "blob mounted");
+        Ok(true)
+    }
+
+    // ---- uploads --------------------------------------------------------
+
+    /// Start an upload session in `repo`; returns its id (a UUID).
+    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<String> {
+        let id = UploadId::new();
+        self.backend_ref().create_upload(&id, repo).await?;
+        let session = Session {
+            digester: Some((Algorithm::Sha256, Algorithm::Sha256.digester())),
+        };
+        lock(&self.inner.sessions).insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
+        Ok(id.to_string())
+    }
+
+    /// Check that `id` names an upload session of `repo`.
+    async fn upload_of(&self, repo: &RepositoryName, id: &UploadId) -> Result<UploadInfo> {
+        match self.backend_ref().upload_info(id).await? {
+            Some(info) if info.repo == *repo => Ok(info),
+            _ => Err(upload_unknown()),
+        }
+    }
+
+    /// Find an upload session, lock it, and check (under the lock) that it
+    /// still exists in `repo`.
+    async fn lock_session(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+    ) -> Result<(
+        UploadId,
+        SessionRef,
+        tokio::sync::OwnedMutexGuard<Session>,
+        UploadInfo,
+    )> {
+        let id = UploadId::parse(id).ok_or_else(upload_unknown)?;
+        // Check before creating in-memory state, so bogus ids cost nothing.
+        self.upload_of(repo, &id).await?;
+        let session = lock(&self.inner.sessions)
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let guard = session.clone().lock_owned().await;
+        match self.upload_of(repo, &id).await {
+            Ok(info) => Ok((id, session, guard, info)),
+            Err(e) => {
+                // Finished or cancelled while we waited.
+                self.forget_session(&id, &session);
+                Err(e)
+            }
+        }
+    }
+
+    fn forget_session(&self, id: &UploadId, session: &SessionRef) {
+        let mut sessions = lock(&self.inner.sessions);
+        if sessions.get(id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(id);
+        }
+    }
+
+    /// Bytes received so far by an upload session.
+    pub async fn upload_status(&self, repo: &RepositoryName, id: &str) -> Result<u64> {
+        let id = UploadId::parse(id).ok_or_else(upload_unknown)?;
+        Ok(self.upload_of(repo, &id).await?.size)
+    }
+
+    /// Append a chunk to an upload session. `start` is where the client says
+    /// the chunk goes (its `Content-Range` start); it must be the current
+    /// size, else [`ErrorCode::RangeInvalid`]. Returns the new size.
+    pub async fn append_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+        start: Option<u64>,
+        body: BodyStream,
+    ) -> Result<u64> {
+        let (id, _session, mut guard, info) = self.lock_session(repo, id).await?;
+        if let Some(start) = start
+            && start != info.size
+        {
+            return Err(Error::client(
+                ErrorCode::RangeInvalid,
+                format!(
+                    "chunk starts at {start} but the upload has {} bytes",
+                    info.size
+                ),
+            )
+            .with_detail(json!({ "size": info.size })));
+        }
+        self.append_locked(&id, &mut guard, info.size, body).await
+    }
+
+    /// Stream `body` into the session, keeping the digest state in step with
+    /// the bytes written. On any failure the digest state is dropped (it may
+    /// no longer match the data) and recomputed at finish.
+    async fn append_locked(
+        &self,
+        id: &UploadId,
+        session: &mut Session,
+        mut size: u64,
+        mut body: BodyStream,
+    ) -> Result<u64> {
+        let mut writer: Box<dyn UploadWriter> = self.backend_ref().upload_writer(id).await?;
+        let mut result = Ok(());
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    result = Err(body_error(e));
+                    break;
+                }
+            };
+            if let Err(e) = writer.write(&chunk).await {
+                result = Err(e);
+                break;
+            }
+            if let Some((_, d)) = session.digester.as_mut() {
+                d.update(&chunk);
+            }
+            size += chunk.len() as u64;
+        }
+        let closed = writer.close().await;
+        if result.is_err() || closed.is_err() {
+            session.digester = None;
+        }
+        result?;
+        closed?;
+        Ok(size)
+    }
+
+    /// Finish an upload session: append the final `body`, check that the
+    /// content has `digest` (else [`ErrorCode::DigestInvalid`], and the
+    /// session is discarded), store the blob and link it into `repo`.
+    /// Returns the blob's size.
+    pub async fn finish_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        body: Option<BodyStream>,
+    ) -> Result<u64> {
+        let (id, session, mut guard, info) = self.lock_session(repo, id).await?;
+        if let Some(body) = body {
+            self.append_locked(&id, &mut guard, info.size, body).await?;
+        }
+        let actual = match guard.digester.take() {
+            Some((alg, d)) if alg == digest.algorithm() => d.finish(),
+            _ => self.rehash(&id, digest.algorithm()).await?,
+        };
+        if actual != *digest {
+            self.backend_ref().delete_upload(&id).await?;
+            self.forget_session(&id, &session);
+            tracing::debug!(%repo, %digest, %actual, "upload digest mismatch");
+            return Err(Error::client(
+                ErrorCode::DigestInvalid,
+                "provided digest did not match uploaded content",
+            )
+            .with_detail(json!({ "digest": digest, "actual": actual })));
+        }
+        let size = self.backend_ref().commit_upload(&id, digest).await?;
+        self.forget_session(&id, &session);
+        self.link(repo, digest).await?;
+        tracing::debug!(%repo, %digest, size, "blob stored");
+        Ok(size)
+    }
+
+    async fn rehash(&self, id: &UploadId, alg: Algorithm) -> Result<Digest> {
+        let mut reader = self.backend_ref().read_upload(id).await?;
+        let mut digester = alg.digester();
+        let mut buf = vec![0; HASH_BUFFER];
+        loop {
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            digester.update(&buf[..n]);
+        }
+        Ok(digester.finish())
+    }
+
+    /// Cancel an upload session and drop what it received.
+    pub async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> {
+        let (id, session, _guard, _) = self.lock_session(repo, id).await?;
+        self.backend_ref().delete_upload(&id).await?;
+        self.forget_session(&id, &session);
+        Ok(())
+    }
+
+    /// Upload a whole blob in one call (`POST ?digest=`). Nothing is left
+    /// behind if it fails.
+    pub async fn put_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        body: BodyStream,
+    ) -> Result<u64> {
+        let id = self.start_upload(repo).await?;
+        let result = self.finish_upload(repo, &id, digest, Some(body)).await;
+        if result.is_err()
+            && let Some(id) = UploadId::parse(&id)
+            && let Err(e) = self.purge_upload(&id).await
+        {
+            tracing::error!(%repo, upload = %id, error = %e, "could not remove a failed upload");
+        }
+        result
+    }
+
+    // ---- manifests ------------------------------------------------------
+
+    /// Store a manifest under a tag or its digest. See the crate docs for
+    /// the checks made; the exact bytes and the media type are kept.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
+        // An unsupported media type is MANIFEST_INVALID too (`code()` maps
+        // it so), with the type named in the message.
+        let info = manifest::parse(content_type, &bytes)
+            .map_err(|e| Error::client(e.code(), e.to_string()))?;
+        let digest = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::of(d.algorithm(), &bytes);
+                if actual != *d {
+                    return Err(Error::client(
+                        ErrorCode::DigestInvalid,
+                        "manifest digest does not match the reference it was pushed to",
+                    )
+                    .with_detail(json!({ "digest": d, "actual": actual })));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256(&bytes),
+        };
+        let size = bytes.len() as u64;
+
+        let repo_lock = self.repo_lock(repo);
+        let _guard = repo_lock.lock().await;
+        for blob in info.required_blobs() {
+            let stored = if self.is_linked(repo, &blob.digest).await? {
+                self.backend_ref().blob_size(&blob.digest).await?
+            } else {
+                None
+            };
+            match stored {
+                None => {
+                    return Err(Error::client(
+                        ErrorCode::ManifestBlobUnknown,
+                        format!(
+                            "manifest references blob {} unknown to the repository",
+                            blob.digest
+                        ),
+                    )
+                    .with_detail(json!({ "digest": blob.digest })));
+                }
+                Some(s) if s != blob.size => {
+                    return Err(Error::client(
+                        ErrorCode::ManifestInvalid,
+                        format!(
+                            "manifest says blob {} has {} bytes but it has {s}",
+                            blob.digest, blob.size
+                        ),
+                    )
+                    .with_detail(json!({ "digest": blob.digest, "size": s })));
+                }
+                Some(_) => {}
+            }
+        }
+        for child in &info.manifests {
+            if self.manifest_record(repo, &child.digest).await?.is_none() {
+                return Err(Error::client(
+                    ErrorCode::ManifestBlobUnknown,
+                    format!(
+                        "index references manifest {} unknown to the repository",
+                        child.digest
+                    ),
+                )
+                .with_detail(json!({ "digest": child.digest })));
+            }
+        }
+
+        let be = self.backend_ref();
+        be.write_blob(&digest, bytes).await?;
+        let subject = info.subject.as_ref().map(|s| s.digest.clone());
+        let record = ManifestRecord {
+            media_type: info.media_type.clone(),
+            size,
+            subject,
+        };
+        let record = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        be.put(Table::Manifests(repo), &digest.to_string(), record.into())
+            .await?;
+        if let Some(subject) = &info.subject {
+            let descriptor = info.referrer_descriptor(digest.clone(), size);
+            let value = serde_json::to_vec(&descriptor).map_err(std::io::Error::other)?;
+            be.put(
+                Table::Referrers(repo, &subject.digest),
+                &digest.to_string(),
+                value.into(),
+            )
+            .await?;
+        }
+        if let Reference::Tag(tag) = reference {
+            be.put(
+                Table::Tags(repo),
+                tag.as_str(),
+                Bytes::from(digest.to_string()),
+            )
+            .await?;
+        }
+        tracing::debug!(%repo, %reference, %digest, media_type = %info.media_type, "manifest stored");
+        Ok(PutManifest { digest, info })
+    }
+
+    async fn manifest_record(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>> {
+        let Some(raw) = self
+            .backend_ref()
+            .get(Table::Manifests(repo), &digest.to_string())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&raw)
+            .map_err(|e| corrupt(format!("manifest record {repo}@{digest} is corrupt: {e}")))?;
+        Ok(Some(record))
+    }
+
+    async fn resolve_tag(&self, repo: &RepositoryName, tag: &str) -> Result<Option<Digest>> {
+        let Some(raw) = self.backend_ref().get(Table::Tags(repo), tag).await? else {
+            return Ok(None);
+        };
+        let digest = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| corrupt(format!("tag {repo}:{tag} is corrupt")))?;
+        Ok(Some(digest))
+    }
+
+    /// The digest a reference names in `repo`, if the manifest is there.
+    pub async fn resolve(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Option<Digest>> {
+        let digest = match reference {
+            Reference::Tag(tag) => match self.resolve_tag(repo, tag.as_str()).await? {
+                Some(d) => d,
+                None => return Ok(None),
+            },
+            Reference::Digest(d) => d.clone(),
+        };
+        Ok(self.manifest_record(repo, &digest).await?.map(|_| digest))
+    }
+
+    /// A manifest by tag or digest: the exact bytes pushed and their media type.
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
+        let digest = self
+            .resolve(repo, reference)
+            .await?
+            .ok_or_else(|| manifest_unknown(reference))?;
+        let record = self
+            .manifest_record(repo, &digest)
+            .await?
+            .ok_or_else(|| manifest_unknown(reference))?;
+        let Some(mut reader) = self
+            .backend_ref()
+            .read_blob(&digest, 0, record.size)
+            .await?
+        else {
+            tracing::error!(%repo, %digest, "manifest registered but its blob is missing");
+            return Err(manifest_unknown(reference));
+        };
+        let capacity = usize::try_from(record.size)
+            .unwrap_or(0)
+            .min(manifest::MAX_MANIFEST_SIZE);
+        let mut bytes = Vec::with_capacity(capacity);
+        reader.read_to_end(&mut bytes).await?;
+        if bytes.len() as u64 != record.size {
+            return Err(corrupt(format!(
+                "manifest {digest} has {} bytes, expected {}",
+                bytes.len(),
+                record.size
+            )));
+        }
+        Ok(StoredManifest {
+            digest,
+            media_type: record.media_type,
+            bytes: bytes.into(),
+        })
+    }
+
+    /// Delete by digest: the manifest, every tag pointing at it and its
+    /// referrer record. Delete by tag: only the tag.
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<()> {
+        let repo_lock = self.repo_lock(repo);
+        let _guard = repo_lock.lock().await;
+        let be = self.backend_ref();
+        match reference {
+            Reference::Tag(tag) => {
+                if !be.remove(Table::Tags(repo), tag.as_str()).await? {
+                    return Err(manifest_unknown(reference));
+                }
+            }
+            Reference::Digest(digest) => {
+                let record = self
+                    .manifest_record(repo, digest)
+                    .await?
+                    .ok_or_else(|| manifest_unknown(reference))?;
+                for (tag, target) in self.tags(repo).await? {
+                    if target == *digest {
+                        be.remove(Table::Tags(repo), &tag).await?;
+                    }
+                }
+                if let Some(subject) = &record.subject {
+                    be.remove(Table::Referrers(repo, subject), &digest.to_string())
+                        .await?;
+                }
+                be.remove(Table::Manifests(repo), &digest.to_string())
+                    .await?;
+            }
+        }
+        tracing::debug!(%repo, %reference, "manifest deleted");
+        Ok(())
+    }
+
+    // ---- listings -------------------------------------------------------
+
+    /// Whether `repo` has any tag, manifest or blob link.
+    pub async fn repository_exists(&self, repo: &RepositoryName) -> Result<bool> {
+        let be = self.backend_ref();
+        for table in [
+            Table::Tags(repo),
+            Table::Manifests(repo),
+            Table::Blobs(repo),
+        ] {
+            if !be.keys(table).await?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The tags of `repo`, sorted, after `last`, at most `n` (`Some(0)` gives
+    /// an empty page with `more == false`). [`ErrorCode::NameUnknown`] if the
+    /// repository has nothing at all.
+    pub async fn list_tags(
+        &self,
+        repo: &RepositoryName,
+        last: Option<&str>,
+        n: Option<usize>,
+    ) -> Result<Page> {
+        let tags = self.backend_ref().keys(Table::Tags(repo)).await?;
+        if tags.is_empty() && !self.repository_exists(repo).await? {
+            return Err(Error::client(
+                ErrorCode::NameUnknown,
+                "repository name not known to registry",
+            )
+            .with_detail(json!({ "name": repo.as_str() })));
+        }
+        Ok(paginate(tags, last, n))
+    }
+
+    /// The repositories that have at least one manifest, paginated like
+    /// [`Registry::list_tags`].
+    pub async fn catalog(&self, last: Option<&str>, n: Option<usize>) -> Result<Page> {
+        let mut names = Vec::new();
+        for repo in self.backend_ref().repositories().await? {
+            if !self
+                .backend_ref()
+                .keys(Table::Manifests(&repo))
+                .await?
+                .is_empty()
+            {
+                names.push(repo.to_string());
+            }
+        }
+        Ok(paginate(names, last, n))
+    }
+
+    /// The descriptors of the manifests in `repo` whose subject is `digest`,
+    /// optionally only those of one artifact type. Empty when there are none.
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
+        let be = self.backend_ref();
+        let table = Table::Referrers(repo, digest);
+        let mut out = Vec::new();
+        for key in be.keys(table).await? {
+            let Some(raw) = be.get(table, &key).await? else {
+                continue; // deleted meanwhile
+            };
+            let descriptor: Descriptor = serde_json::from_slice(&raw)
+                .map_err(|e| corrupt(format!("referrer record {repo}@{key} is corrupt: {e}")))?;
+            if artifact_type.is_none_or(|t| descriptor.artifact_type.as_deref() == Some(t)) {
+                out.push(descriptor);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- enumeration (for garbage collection and tooling) ---------------
+
+    /// Every repository with metadata, sorted (including ones with only
+    /// blob links, or with nothing left).
+    pub async fn repositories(&self) -> Result<Vec<RepositoryName>> {
+        self.backend_ref().repositories().await
+    }
+
+    /// Every tag of `repo` with the digest it points at, sorted by tag.
+    pub async fn tags(&self, repo: &RepositoryName) -> Result<Vec<(String, Digest)>> {
+        let mut out = Vec::new();
+        for tag in self.backend_ref().keys(Table::Tags(repo)).await? {
+            if let Some(d) = self.resolve_tag(repo, &tag).await? {
+                out.push((tag, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every manifest digest of `repo`, sorted.
+    pub async fn manifests(&self, repo: &RepositoryName) -> Result<Vec<Digest>> {
+        let keys = self.backend_ref().keys(Table::Manifests(repo)).await?;
+        Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
+    }
+
+    /// Every blob digest linked into `repo`, sorted.
+    pub async fn linked_blobs(&self, repo: &RepositoryName) -> Result<Vec<Digest>> {
+        let keys = self.backend_ref().keys(Table::Blobs(repo)).await?;
+        Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
+    }
+
+    /// Every stored blob (layers, configs and manifests), sorted.
+    pub async fn blobs(&self) -> Result<Vec<Digest>> {
+        let mut blobs = self.backend_ref().list_blobs().await?;
+        blobs.sort();
+        Ok(blobs)
+    }
+
+    /// Every upload session in progress, with its state.
+    pub async fn uploads(&self) -> Result<Vec<(UploadId, UploadInfo)>> {
+        let mut out = Vec::new();
+        for id in self.backend_ref().list_uploads().await? {
+            if let Some(info) = self.backend_ref().upload_info(&id).await? {
+                out.push((id, info));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Remove an upload session whatever its repository (for expiry).
+    pub async fn purge_upload(&self, id: &UploadId) -> Result<bool> {
+        let session = lock(&self.inner.sessions).get(id).cloned();
+        let removed = match &session {
+            Some(s) => {
+                let _guard = s.lock().await;
+                let removed = self.backend_ref().delete_upload(id).await?;
+                self.forget_session(id, s);
+                removed
+            }
+            None => self.backend_ref().delete_upload(id).await?,
+        };
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(items: &[&str], more: bool) -> Page {
+        Page {
+            items: items.iter().map(|s| s.to_string()).collect(),
+            more,
+        }
+    }
+
+    #[test]
+    fn pagination() {
+        let all = || vec!["b".to_string(), "a".to_string(), "c".to_string()];
+        assert_eq!(paginate(all(), None, None), page(&["a", "b", "c"], false));
+        assert_eq!(paginate(all(), None, Some(2)), page(&["a", "b"], true));
+        assert_eq!(paginate(all(), Some("b"), Some(2)), page(&["c"], false));
+        assert_eq!(
+            paginate(all(), Some("a"), Some(2)),
+            page(&["b", "c"], false)
+        );
+        assert_eq!(
+            paginate(all(), Some("0"), None),
+            page(&["a", "b", "c"], false)
+        );
+        assert_eq!(paginate(all(), Some("bb"), None), page(&["c"], false));
+        assert_eq!(paginate(all(), Some("z"), Some(5)), page(&[], false));
+        assert_eq!(paginate(all(), None, Some(0)), page(&[], false));
+        assert_eq!(paginate(Vec::new(), None, None), page(&[], false));
+    }
+}
