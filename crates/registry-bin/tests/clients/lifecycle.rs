@@ -44,23 +44,54 @@ fn info_file_is_private_and_complete() {
         cert.starts_with("-----BEGIN CERTIFICATE-----"),
         "cert is not PEM: {cert:.60}"
     );
-    // The certificate names the alias, 127.0.0.1 and ::1.
+    // The registry's TLS certificate names the alias, 127.0.0.1 and ::1, and verifies with
+    // OpenSSL against the info's `cert` for both the alias and the address.
     require_tool("openssl");
-    let text = run_ok(
-        Command::new("openssl")
-            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-            .arg(registry.cert_path()),
-    );
-    for name in [
-        "DNS:zuul-jobs.buildset-registry",
-        "IP Address:127.0.0.1",
-        "IP Address:0:0:0:0:0:0:0:1",
+    for verify in [
+        ["-verify_ip", "127.0.0.1"],
+        ["-verify_hostname", "zuul-jobs.buildset-registry"],
     ] {
-        assert!(
-            text.stdout.contains(name),
-            "SAN {name} missing: {}",
-            text.stdout
+        let out = run_ok(
+            Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &registry.addr(),
+                    "-verify_return_error",
+                    "-CAfile",
+                ])
+                .arg(registry.cert_path())
+                .args(verify),
         );
+        assert!(
+            out.stdout.contains("Verify return code: 0 (ok)"),
+            "{}",
+            out.describe()
+        );
+        let begin = out.stdout.find("-----BEGIN CERTIFICATE-----").unwrap();
+        let end = out.stdout.find("-----END CERTIFICATE-----").unwrap();
+        let served = tempfile::NamedTempFile::new().unwrap();
+        fs::write(
+            served.path(),
+            format!("{}-----END CERTIFICATE-----\n", &out.stdout[begin..end]),
+        )
+        .unwrap();
+        let text = run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+                .arg(served.path()),
+        );
+        for name in [
+            "DNS:zuul-jobs.buildset-registry",
+            "IP Address:127.0.0.1",
+            "IP Address:0:0:0:0:0:0:0:1",
+        ] {
+            assert!(
+                text.stdout.contains(name),
+                "SAN {name} missing: {}",
+                text.stdout
+            );
+        }
     }
     // Two registries never share a password.
     let other = BuildsetRegistry::start(options());
