@@ -468,9 +468,170 @@ impl Backend for FsBackend {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use speculum_oci::{Digest, Reference, media_type};
+
+    use crate::Registry;
+    use crate::conformance::{self, body, code, image_manifest, push_blob, reference, repo};
+
     crate::conformance_tests!(async {
         let dir = tempfile::tempdir().unwrap();
         let registry = crate::Registry::filesystem(dir.path()).await.unwrap();
         (registry, dir)
     });
+
+    /// Every file under `root`, relative, sorted.
+    fn files(root: &Path) -> Vec<String> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, root, out);
+                } else {
+                    out.push(
+                        path.strip_prefix(root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(root, root, &mut out);
+        out.sort();
+        out
+    }
+
+    /// The layout drawn in the module docs, file for file.
+    #[tokio::test]
+    async fn layout_matches_the_docs() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::filesystem(dir.path()).await.unwrap();
+        let r = repo("quay.io/org/app");
+        let c = push_blob(&registry, &r, b"{}").await;
+        let m =
+            serde_json::to_vec(&image_manifest(media_type::OCI_MANIFEST, (&c, 2), &[])).unwrap();
+        let m = registry
+            .put_manifest(&r, &reference("v1"), None, Bytes::from(m))
+            .await
+            .unwrap()
+            .digest;
+        let id = registry.start_upload(&r).await.unwrap();
+        let blob = |d: &Digest| format!("blobs/sha256/{}/{}", &d.hex()[..2], d.hex());
+        let mut expected = vec![
+            blob(&c),
+            blob(&m),
+            format!("repositories/quay.io/org/app/_blobs/{c}"),
+            format!("repositories/quay.io/org/app/_manifests/{m}"),
+            "repositories/quay.io/org/app/_tags/v1".to_string(),
+            format!("uploads/{id}/data"),
+            format!("uploads/{id}/info"),
+        ];
+        expected.sort();
+        assert_eq!(files(dir.path()), expected);
+        let tag = std::fs::read_to_string(dir.path().join("repositories/quay.io/org/app/_tags/v1"))
+            .unwrap();
+        assert_eq!(tag, m.to_string());
+        registry.cancel_upload(&r, &id).await.unwrap();
+    }
+
+    /// Failed, cancelled and rejected operations leave no file behind.
+    #[tokio::test]
+    async fn failures_leave_no_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::filesystem(dir.path()).await.unwrap();
+        let r = repo("org/app");
+        let c = push_blob(&registry, &r, b"{}").await;
+        let before = files(dir.path());
+
+        let wrong = Digest::sha256(b"wrong");
+        assert!(registry.put_blob(&r, &wrong, body("data")).await.is_err());
+        let id = registry.start_upload(&r).await.unwrap();
+        registry
+            .append_upload(&r, &id, None, body("partial"))
+            .await
+            .unwrap();
+        assert!(registry.finish_upload(&r, &id, &wrong, None).await.is_err());
+        let id = registry.start_upload(&r).await.unwrap();
+        registry
+            .append_upload(&r, &id, None, body("partial"))
+            .await
+            .unwrap();
+        registry.cancel_upload(&r, &id).await.unwrap();
+        let missing = Digest::sha256(b"missing layer");
+        let bad = image_manifest(media_type::OCI_MANIFEST, (&c, 2), &[(&missing, 13)]);
+        let bad = Bytes::from(serde_json::to_vec(&bad).unwrap());
+        assert!(
+            registry
+                .put_manifest(&r, &reference("t"), None, bad)
+                .await
+                .is_err()
+        );
+        assert!(
+            registry
+                .put_manifest(&r, &reference("t"), None, Bytes::from_static(b"{}"))
+                .await
+                .is_err()
+        );
+        for id in ["../../escape", "..", "00000000-0000-0000-0000-000000000000"] {
+            assert!(
+                registry
+                    .append_upload(&r, id, None, body("x"))
+                    .await
+                    .is_err()
+            );
+        }
+
+        assert_eq!(files(dir.path()), before);
+        conformance::assert_clean(&registry).await;
+        assert!(!dir.path().parent().unwrap().join("escape").exists());
+    }
+
+    /// Everything survives reopening the root (a restart).
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = repo("org/app");
+        let (manifest, id) = {
+            let registry = Registry::filesystem(dir.path()).await.unwrap();
+            let c = push_blob(&registry, &r, b"{}").await;
+            let m = serde_json::to_vec(&image_manifest(media_type::OCI_MANIFEST, (&c, 2), &[]))
+                .unwrap();
+            registry
+                .put_manifest(&r, &reference("v1"), None, Bytes::from(m.clone()))
+                .await
+                .unwrap();
+            let id = registry.start_upload(&r).await.unwrap();
+            registry
+                .append_upload(&r, &id, None, body("half "))
+                .await
+                .unwrap();
+            (m, id)
+        };
+        let registry = Registry::filesystem(dir.path()).await.unwrap();
+        let got = registry.get_manifest(&r, &reference("v1")).await.unwrap();
+        assert_eq!(got.bytes, manifest);
+        assert_eq!(got.media_type, media_type::OCI_MANIFEST);
+        assert_eq!(
+            registry.catalog(None, None).await.unwrap().items,
+            ["org/app"]
+        );
+        assert_eq!(registry.upload_status(&r, &id).await.unwrap(), 5);
+        let d = Digest::sha256(b"half and half");
+        registry
+            .finish_upload(&r, &id, &d, Some(body("and half")))
+            .await
+            .unwrap();
+        assert_eq!(registry.stat_blob(&r, &d).await.unwrap(), 13);
+        let by_digest = Reference::Digest(got.digest);
+        registry.delete_manifest(&r, &by_digest).await.unwrap();
+        assert_eq!(
+            code(registry.get_manifest(&r, &reference("v1")).await),
+            speculum_oci::ErrorCode::ManifestUnknown
+        );
+        conformance::assert_clean(&registry).await;
+    }
 }

@@ -230,7 +230,12 @@ impl Registry {
     }
 
     /// Unlink a blob from `repo` (the content stays until garbage collection).
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, %digest))]
     pub async fn delete_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+        // Under the repository lock, so that a manifest push checking its
+        // blobs sees the link either present or gone, not both.
+        let repo_lock = self.repo_lock(repo);
+        let _guard = repo_lock.lock().await;
         if self
             .backend_ref()
             .remove(Table::Blobs(repo), &digest.to_string())
@@ -244,6 +249,7 @@ impl Registry {
 
     /// Link a blob of `from` into `repo`: `true` if done, `false` if `from`
     /// does not have it (the caller then starts an ordinary upload).
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, %from, %digest))]
     pub async fn mount_blob(
         &self,
         repo: &RepositoryName,
@@ -256,13 +262,14 @@ impl Registry {
             return Ok(false);
         }
         self.link(repo, digest).await?;
-        tracing::debug!(%repo, %from, %digest, "blob mounted");
+        tracing::debug!("blob mounted");
         Ok(true)
     }
 
     // ---- uploads --------------------------------------------------------
 
     /// Start an upload session in `repo`; returns its id (a UUID).
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo))]
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<String> {
         let id = UploadId::new();
         self.backend_ref().create_upload(&id, repo).await?;
@@ -327,6 +334,7 @@ impl Registry {
     /// Append a chunk to an upload session. `start` is where the client says
     /// the chunk goes (its `Content-Range` start); it must be the current
     /// size, else [`ErrorCode::RangeInvalid`]. Returns the new size.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, upload = id, ?start))]
     pub async fn append_upload(
         &self,
         repo: &RepositoryName,
@@ -392,6 +400,7 @@ impl Registry {
     /// content has `digest` (else [`ErrorCode::DigestInvalid`], and the
     /// session is discarded), store the blob and link it into `repo`.
     /// Returns the blob's size.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, upload = id, %digest))]
     pub async fn finish_upload(
         &self,
         repo: &RepositoryName,
@@ -410,7 +419,7 @@ impl Registry {
         if actual != *digest {
             self.backend_ref().delete_upload(&id).await?;
             self.forget_session(&id, &session);
-            tracing::debug!(%repo, %digest, %actual, "upload digest mismatch");
+            tracing::debug!(%actual, "upload digest mismatch");
             return Err(Error::client(
                 ErrorCode::DigestInvalid,
                 "provided digest did not match uploaded content",
@@ -420,7 +429,7 @@ impl Registry {
         let size = self.backend_ref().commit_upload(&id, digest).await?;
         self.forget_session(&id, &session);
         self.link(repo, digest).await?;
-        tracing::debug!(%repo, %digest, size, "blob stored");
+        tracing::debug!(size, "blob stored");
         Ok(size)
     }
 
@@ -439,6 +448,7 @@ impl Registry {
     }
 
     /// Cancel an upload session and drop what it received.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, upload = id))]
     pub async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> {
         let (id, session, _guard, _) = self.lock_session(repo, id).await?;
         self.backend_ref().delete_upload(&id).await?;
@@ -448,6 +458,7 @@ impl Registry {
 
     /// Upload a whole blob in one call (`POST ?digest=`). Nothing is left
     /// behind if it fails.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, %digest))]
     pub async fn put_blob(
         &self,
         repo: &RepositoryName,
@@ -469,6 +480,7 @@ impl Registry {
 
     /// Store a manifest under a tag or its digest. See the crate docs for
     /// the checks made; the exact bytes and the media type are kept.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, %reference))]
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
@@ -570,7 +582,7 @@ impl Registry {
             )
             .await?;
         }
-        tracing::debug!(%repo, %reference, %digest, media_type = %info.media_type, "manifest stored");
+        tracing::debug!(%digest, media_type = %info.media_type, "manifest stored");
         Ok(PutManifest { digest, info })
     }
 
@@ -661,6 +673,7 @@ impl Registry {
 
     /// Delete by digest: the manifest, every tag pointing at it and its
     /// referrer record. Delete by tag: only the tag.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, %reference))]
     pub async fn delete_manifest(
         &self,
         repo: &RepositoryName,
@@ -693,7 +706,7 @@ impl Registry {
                     .await?;
             }
         }
-        tracing::debug!(%repo, %reference, "manifest deleted");
+        tracing::debug!("manifest deleted");
         Ok(())
     }
 
