@@ -165,6 +165,11 @@ impl AuthPolicy {
         let Some((user, password)) = parse_basic(value) else {
             return Credentials::Invalid;
         };
+        // containers/image answers a Basic challenge with `:` when it has no
+        // credentials: that is an anonymous request, not a wrong password.
+        if user.is_empty() && password.is_empty() {
+            return Credentials::None;
+        }
         // Check every user so the time taken does not reveal which names exist.
         let mut found = None;
         for u in &self.users {
@@ -295,6 +300,9 @@ mod tests {
         assert!(p.ping(&none).unwrap().is_some());
         assert!(p.ping(&basic("zuul", "s3:cret")).unwrap().is_none());
         assert!(p.ping(&basic("zuul", "nope")).is_err());
+        assert!(p.ping(&basic("", "")).unwrap().is_some());
+        let e = p.authorize(&basic("", ""), Action::Push).unwrap_err();
+        assert_eq!(e.to_string(), "UNAUTHORIZED (401): authentication required");
     }
 
     #[test]

@@ -80,7 +80,10 @@ impl AppState {
 /// Every path goes through one dispatcher that parses the raw request path
 /// itself (names contain slashes; see the `route` module).
 pub fn router(state: AppState) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+    Router::new()
+        .fallback(dispatch)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
 }
 
 async fn dispatch(State(state): State<AppState>, request: Request) -> Response {

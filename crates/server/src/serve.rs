@@ -20,6 +20,10 @@ use tower::ServiceExt as _;
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control window per stream.
+const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 flow-control window per connection.
+const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -133,7 +137,13 @@ where
             })
         }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Larger HTTP/2 windows than the defaults, so one stream can carry a
+    // layer at full speed (Go clients negotiate HTTP/2 over TLS).
+    builder
+        .http2()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");
