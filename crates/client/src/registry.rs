@@ -361,10 +361,8 @@ impl Registry {
                 Ok(true)
             }
             Some(Challenge::Basic) => {
-                let mut st = self.state.lock().await;
-                let was_basic = matches!(*st, AuthState::Basic);
-                *st = AuthState::Basic;
-                Ok(self.credentials.is_some() && !was_basic)
+                *self.state.lock().await = AuthState::Basic;
+                Ok(self.credentials.is_some())
             }
             None => Ok(false),
         }
@@ -385,7 +383,8 @@ impl Registry {
         loop {
             attempt += 1;
             let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
-            if let Some(a) = self.authorization(scopes).await? {
+            let sent_auth = self.authorization(scopes).await?;
+            if let Some(a) = &sent_auth {
                 req = req.header(header::AUTHORIZATION, a);
             }
             if let Some(b) = &body {
@@ -401,7 +400,12 @@ impl Registry {
                 }
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !challenged => {
                     challenged = true;
-                    if !self.on_challenge(resp.headers(), scopes).await? {
+                    // Retry only if the challenge gives us something new to send
+                    // (another request may already have switched to Basic).
+                    if !self.on_challenge(resp.headers(), scopes).await?
+                        || (self.authorization(scopes).await? == sent_auth
+                            && matches!(*self.state.lock().await, AuthState::Basic))
+                    {
                         return Ok(resp);
                     }
                     attempt -= 1;

@@ -1,0 +1,6 @@
+//! End-to-end tests of the `speculum` binary against real registries on
+//! loopback: Debian's docker-registry and speculum-registry.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+mod copy;
