@@ -93,9 +93,12 @@ fn is_unsupported(status: StatusCode, body: &[u8]) -> bool {
     if status == StatusCode::METHOD_NOT_ALLOWED {
         return true;
     }
+    // distribution 2.8 answers a DELETE by tag with 400 DIGEST_INVALID (it
+    // only deletes by digest); others say UNSUPPORTED.
     status == StatusCode::BAD_REQUEST
-        && serde_json::from_slice::<ErrorBody>(body)
-            .is_ok_and(|b| b.errors.iter().any(|e| e.code == "UNSUPPORTED" || e.code == "TAG_INVALID"))
+        && serde_json::from_slice::<ErrorBody>(body).is_ok_and(|b| {
+            b.errors.iter().any(|e| matches!(e.code.as_str(), "UNSUPPORTED" | "TAG_INVALID" | "DIGEST_INVALID"))
+        })
 }
 
 /// Delete one tag without touching other tags.

@@ -4,3 +4,5 @@
 
 mod common;
 mod copy;
+mod bad_input;
+mod tags;
