@@ -90,7 +90,7 @@ pub struct UploadInfo {
 /// plain names. Values are small opaque bytes (at most a few KiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Table<'a> {
-    /// Blobs linked into a repository: digest → empty.
+    /// Blobs linked into a repository: digest → when linked (Unix seconds).
     Blobs(&'a RepositoryName),
     /// Manifests of a repository: digest → JSON record (media type, subject).
     Manifests(&'a RepositoryName),

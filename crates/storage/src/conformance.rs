@@ -62,7 +62,8 @@ macro_rules! conformance_tests {
             tags_pagination,
             catalog_pagination,
             referrers,
-            enumeration
+            enumeration,
+            garbage_collection
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1476,4 +1477,91 @@ pub async fn enumeration(registry: &Registry) {
             .unwrap()
     );
     registry.cancel_upload(&b, &id).await.unwrap();
+}
+
+pub async fn garbage_collection(registry: &Registry) {
+    use crate::GcOptions;
+    use std::time::Duration;
+
+    let a = repo("conf/gc-a");
+    let b = repo("conf/gc-b");
+    let kept = push_image(registry, &a, "kept", "kept", media_type::OCI_MANIFEST).await;
+    let gone = push_image(registry, &a, "gone", "gone", media_type::DOCKER_MANIFEST_V2).await;
+    let gone_blobs: Vec<Digest> = {
+        let m = registry.get_manifest(&a, &reference("gone")).await.unwrap();
+        let info = speculum_oci::manifest::parse(Some(&m.media_type), &m.bytes).unwrap();
+        info.blobs().map(|d| d.digest.clone()).collect()
+    };
+    let orphan = push_blob(registry, &b, b"orphan").await;
+    registry.delete_blob(&b, &orphan).await.unwrap();
+    let unreferenced = push_blob(registry, &b, b"pushed, manifest still to come").await;
+    let upload = registry.start_upload(&a).await.unwrap();
+    registry
+        .append_upload(&a, &upload, None, body("in flight"))
+        .await
+        .unwrap();
+    let all_before = registry.blobs().await.unwrap();
+
+    // A dry run reports and removes nothing.
+    let dry = GcOptions {
+        upload_max_age: Duration::ZERO,
+        dry_run: true,
+        ..GcOptions::default()
+    };
+    let report = registry.collect_garbage(&dry).await.unwrap();
+    assert_eq!(report.blobs_removed, vec![orphan.clone()]);
+    assert_eq!(report.bytes_freed, 6);
+    assert_eq!(report.uploads_removed.len(), 1);
+    assert_eq!(registry.blobs().await.unwrap(), all_before);
+    assert_eq!(registry.upload_status(&a, &upload).await.unwrap(), 9);
+
+    // Defaults: only the unlinked, unreferenced blob goes; young uploads stay.
+    let report = registry
+        .collect_garbage(&GcOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.blobs_removed, vec![orphan.clone()]);
+    assert!(report.uploads_removed.is_empty() && report.links_removed.is_empty());
+    assert_eq!(registry.upload_status(&a, &upload).await.unwrap(), 9);
+    assert_eq!(registry.stat_blob(&b, &unreferenced).await.unwrap(), 30);
+    assert!(!registry.blobs().await.unwrap().contains(&orphan));
+
+    // Delete a manifest, expire unreferenced links: its blobs go, the other
+    // image stays whole.
+    registry
+        .delete_manifest(&a, &Reference::Digest(gone.clone()))
+        .await
+        .unwrap();
+    let opts = GcOptions {
+        upload_max_age: Duration::ZERO,
+        unreferenced_link_max_age: Some(Duration::ZERO),
+        ..GcOptions::default()
+    };
+    let report = registry.collect_garbage(&opts).await.unwrap();
+    let mut expected: Vec<Digest> = gone_blobs.clone();
+    expected.push(gone);
+    expected.push(unreferenced.clone());
+    expected.sort();
+    assert_eq!(report.blobs_removed, expected);
+    assert_eq!(report.links_removed.len(), 3);
+    assert_eq!(report.uploads_removed.len(), 1);
+    assert_eq!(
+        code(registry.upload_status(&a, &upload).await),
+        ErrorCode::BlobUploadUnknown
+    );
+    assert_eq!(
+        code(registry.stat_blob(&b, &unreferenced).await),
+        ErrorCode::BlobUnknown
+    );
+    let m = registry.get_manifest(&a, &reference("kept")).await.unwrap();
+    assert_eq!(m.digest, kept);
+    let info = speculum_oci::manifest::parse(Some(&m.media_type), &m.bytes).unwrap();
+    for blob in info.blobs() {
+        let body = registry.read_blob(&a, &blob.digest, None).await.unwrap();
+        assert_eq!(read_all(body).await.len() as u64, blob.size);
+    }
+    assert_eq!(registry.blobs().await.unwrap().len(), 3);
+    // Nothing more to do.
+    let report = registry.collect_garbage(&opts).await.unwrap();
+    assert_eq!(report, crate::GcReport::default());
 }

@@ -12,7 +12,7 @@
 //! │       └── data                                 the bytes received so far
 //! ├── repositories/
 //! │   └── <name component>/.../<name component>/  one directory per name component
-//! │       ├── _blobs/<algorithm>:<hex>             empty file: the blob is linked here
+//! │       ├── _blobs/<algorithm>:<hex>             the blob is linked here: when (Unix seconds)
 //! │       ├── _manifests/<algorithm>:<hex>         JSON record: media type, subject
 //! │       ├── _tags/<tag>                          the digest the tag points at
 //! │       └── _referrers/<subject digest>/<digest> the referrer's descriptor, JSON
@@ -192,8 +192,12 @@ impl FsBackend {
     }
 }
 
+/// Write buffer for uploads: request bodies arrive in chunks of a few KiB,
+/// and each write to a `tokio::fs::File` is a trip to the blocking pool.
+const WRITE_BUFFER: usize = 1024 * 1024;
+
 struct FsWriter {
-    file: tokio::fs::File,
+    file: tokio::io::BufWriter<tokio::fs::File>,
 }
 
 #[async_trait]
@@ -359,7 +363,9 @@ impl Backend for FsBackend {
             .append(true)
             .open(self.upload_dir(id).join("data"))
             .await?;
-        Ok(Box::new(FsWriter { file }))
+        Ok(Box::new(FsWriter {
+            file: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file),
+        }))
     }
 
     async fn read_upload(&self, id: &UploadId) -> Result<BlobReader> {

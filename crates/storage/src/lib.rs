@@ -77,7 +77,7 @@ mod registry;
 pub use backend::{Backend, BlobReader, Table, UploadId, UploadInfo, UploadWriter};
 pub use fs::FsBackend;
 pub use memory::MemoryBackend;
-pub use registry::Registry;
+pub use registry::{GcOptions, GcReport, Registry};
 
 /// A request body as a stream of chunks.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;

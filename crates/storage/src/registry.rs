@@ -27,6 +27,9 @@ use crate::fs::FsBackend;
 use crate::memory::MemoryBackend;
 use crate::{BlobBody, BodyStream, ByteRange, Error, Page, PutManifest, Result, StoredManifest};
 
+mod gc;
+pub use gc::{GcOptions, GcReport};
+
 /// Buffer size for rehashing an upload whose in-memory digest state is gone.
 const HASH_BUFFER: usize = 256 * 1024;
 
@@ -43,6 +46,10 @@ struct Inner {
     backend: Arc<dyn Backend>,
     sessions: Mutex<HashMap<UploadId, SessionRef>>,
     repo_locks: Mutex<HashMap<RepositoryName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held shared by every write that makes a blob reachable (commit and
+    /// link, mount, manifest push) and exclusively by garbage collection, so
+    /// a sweep never sees a blob between its store and its link.
+    gc_lock: tokio::sync::RwLock<()>,
 }
 
 /// The registry layer over a backend. Cheap to clone.
@@ -132,6 +139,7 @@ impl Registry {
                 backend,
                 sessions: Mutex::default(),
                 repo_locks: Mutex::default(),
+                gc_lock: tokio::sync::RwLock::default(),
             }),
         }
     }
@@ -164,8 +172,9 @@ impl Registry {
     }
 
     async fn link(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
+        let value = gc::link_value(std::time::SystemTime::now());
         self.backend_ref()
-            .put(Table::Blobs(repo), &digest.to_string(), Bytes::new())
+            .put(Table::Blobs(repo), &digest.to_string(), value)
             .await
     }
 
@@ -256,6 +265,7 @@ impl Registry {
         from: &RepositoryName,
         digest: &Digest,
     ) -> Result<bool> {
+        let _gc = self.inner.gc_lock.read().await;
         if !self.is_linked(from, digest).await?
             || self.backend_ref().blob_size(digest).await?.is_none()
         {
@@ -426,6 +436,7 @@ impl Registry {
             )
             .with_detail(json!({ "digest": digest, "actual": actual })));
         }
+        let _gc = self.inner.gc_lock.read().await;
         let size = self.backend_ref().commit_upload(&id, digest).await?;
         self.forget_session(&id, &session);
         self.link(repo, digest).await?;
@@ -510,6 +521,7 @@ impl Registry {
 
         let repo_lock = self.repo_lock(repo);
         let _guard = repo_lock.lock().await;
+        let _gc = self.inner.gc_lock.read().await;
         for blob in info.required_blobs() {
             let stored = if self.is_linked(repo, &blob.digest).await? {
                 self.backend_ref().blob_size(&blob.digest).await?
@@ -838,19 +850,17 @@ impl Registry {
         Ok(out)
     }
 
-    /// Remove an upload session whatever its repository (for expiry).
+    /// Remove an upload session whatever its repository (for expiry); waits
+    /// for a request in progress on it. `false` if there was none.
     pub async fn purge_upload(&self, id: &UploadId) -> Result<bool> {
-        let session = lock(&self.inner.sessions).get(id).cloned();
-        let removed = match &session {
-            Some(s) => {
-                let _guard = s.lock().await;
-                let removed = self.backend_ref().delete_upload(id).await?;
-                self.forget_session(id, s);
-                removed
-            }
-            None => self.backend_ref().delete_upload(id).await?,
-        };
-        Ok(removed)
+        let session = lock(&self.inner.sessions)
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let _guard = session.lock().await;
+        let removed = self.backend_ref().delete_upload(id).await;
+        self.forget_session(id, &session);
+        removed
     }
 }
 
