@@ -18,7 +18,8 @@
 //! so a failed, cancelled or rejected operation must clean up after itself.
 //!
 //! Compiled for this crate's tests and, for other crates, with the
-//! `conformance` feature.
+//! `conformance` feature; the macro expands to `#[tokio::test]` functions,
+//! so the calling crate needs tokio with `macros` and `rt-multi-thread`.
 
 // A test suite: a panic is how a case fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]

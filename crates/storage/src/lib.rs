@@ -10,7 +10,12 @@
 //! - The [`Registry`] gives a backend the semantics of the OCI distribution
 //!   spec: blobs linked per repository, chunked uploads with a streaming
 //!   digest, manifests stored as the exact bytes pushed, one digest per tag,
-//!   the referrers index, tag and catalog pagination.
+//!   the referrers index, tag and catalog pagination, enumeration of
+//!   repositories, tags, manifests, blobs and uploads, and garbage
+//!   collection ([`Registry::collect_garbage`]).
+//! - The `conformance` module (feature `conformance`) is the one test suite
+//!   every backend passes; each backend's test is a `conformance_tests!`
+//!   call.
 //!
 //! Every failure is an [`Error`]: [`Error::Client`] carries the spec
 //! [`ErrorCode`] (and so the HTTP status) plus a message that is safe to send
