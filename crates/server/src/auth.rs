@@ -105,6 +105,8 @@ pub enum Identity {
 /// The registry's auth policy.
 #[derive(Debug, Clone)]
 pub struct AuthPolicy {
+    /// No checks at all (tests, or behind an authenticating proxy).
+    open: bool,
     realm: String,
     anonymous_pull: bool,
     users: Vec<User>,
@@ -115,6 +117,7 @@ impl AuthPolicy {
     /// for running behind an authenticating proxy.
     pub fn open() -> AuthPolicy {
         AuthPolicy {
+            open: true,
             realm: "speculum".to_string(),
             anonymous_pull: true,
             users: Vec::new(),
@@ -125,6 +128,7 @@ impl AuthPolicy {
     /// with `password` over HTTP Basic.
     pub fn buildset(username: impl Into<String>, password: impl AsRef<[u8]>) -> AuthPolicy {
         AuthPolicy {
+            open: false,
             realm: "speculum".to_string(),
             anonymous_pull: true,
             users: vec![User::plain(username, password, Access::Write)],
@@ -132,9 +136,10 @@ impl AuthPolicy {
     }
 
     /// A policy with explicit users; `anonymous_pull` decides whether pulls
-    /// need credentials.
+    /// need credentials. With no users, nobody can push.
     pub fn with_users(users: Vec<User>, anonymous_pull: bool) -> AuthPolicy {
         AuthPolicy {
+            open: false,
             realm: "speculum".to_string(),
             anonymous_pull,
             users,
@@ -142,7 +147,7 @@ impl AuthPolicy {
     }
 
     fn is_open(&self) -> bool {
-        self.users.is_empty()
+        self.open
     }
 
     /// The `WWW-Authenticate` challenge.
@@ -323,6 +328,15 @@ mod tests {
                 .as_u16(),
             401
         );
+    }
+
+    #[test]
+    fn open_and_empty_policies() {
+        let none = HeaderMap::new();
+        assert!(AuthPolicy::open().authorize(&none, Action::Delete).is_ok());
+        let closed = AuthPolicy::with_users(Vec::new(), true);
+        assert!(closed.authorize(&none, Action::Pull).is_ok());
+        assert!(closed.authorize(&none, Action::Push).is_err());
     }
 
     #[test]
