@@ -6,3 +6,6 @@ mod common;
 mod copy;
 mod bad_input;
 mod tags;
+mod zuul;
+mod auth;
+mod mock;
