@@ -158,6 +158,7 @@ impl FsBackend {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
+        // A digest's hex part is 64 or 128 characters, so `..2` is in range.
         let hex = digest.hex();
         self.blobs_dir()
             .join(digest.algorithm().as_str())
