@@ -80,6 +80,8 @@ class Ansible:
         # expects it to exist.
         if not self.results_file.exists():
             self.results_file.write_text('')
+        self.tmpdir = workdir / 'tmp'
+        self.tmpdir.mkdir(exist_ok=True)
         self.secrets: list[str] = []
         self.outputs: list[str] = []
         self.count = 0
@@ -113,6 +115,9 @@ class Ansible:
             'ANSIBLE_RETRY_FILES_ENABLED': 'False',
             'ANSIBLE_STDOUT_CALLBACK': 'default',
             'ZUUL_JOBDIR': str(self.jobdir),
+            # Private temporary files of the roles land here, where tests can
+            # check that they were removed.
+            'TMPDIR': str(self.tmpdir),
             'PATH': f'{BIN_DIR}:{VENV_BIN}:{env.get("PATH", "/usr/bin:/bin")}',
         })
         return env
