@@ -246,7 +246,10 @@ enum ZuulCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow!("cannot start the runtime: {e}")),
     };
@@ -269,7 +272,9 @@ fn init_tracing(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_format == "json" {
         b.json().init();
     } else {
@@ -291,7 +296,13 @@ fn out_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 /// Build a client for `r`'s registry from flags, env, auth files and certs.d.
-fn registry_for(r: &RegistryRef, creds: Option<&str>, ca: &[&PathBuf], insecure: bool, lookup: &Lookup) -> Result<Arc<sc::Registry>> {
+fn registry_for(
+    r: &RegistryRef,
+    creds: Option<&str>,
+    ca: &[&PathBuf],
+    insecure: bool,
+    lookup: &Lookup,
+) -> Result<Arc<sc::Registry>> {
     let credentials = match creds {
         Some(c) => Some(sc::Credentials::parse(c).context("--creds")?),
         None => {
@@ -307,13 +318,24 @@ fn registry_for(r: &RegistryRef, creds: Option<&str>, ca: &[&PathBuf], insecure:
         ca_pems.push(sc::read_ca_file(f)?);
     }
     let certs_dirs = (!lookup.certs_dirs.is_empty()).then(|| lookup.certs_dirs.clone());
-    Ok(Arc::new(sc::Registry::new(&r.registry, sc::RegistryOptions { credentials, ca_pems, insecure, certs_dirs, attempts: None })?))
+    Ok(Arc::new(sc::Registry::new(
+        &r.registry,
+        sc::RegistryOptions {
+            credentials,
+            ca_pems,
+            insecure,
+            certs_dirs,
+            attempts: None,
+        },
+    )?))
 }
 
 fn registry_ref(s: &str) -> Result<RegistryRef> {
     match s.parse::<ImageRef>()? {
         ImageRef::Registry(r) => Ok(r),
-        ImageRef::Layout(_) => Err(anyhow!("{s}: expected a registry reference, not an OCI layout")),
+        ImageRef::Layout(_) => Err(anyhow!(
+            "{s}: expected a registry reference, not an OCI layout"
+        )),
     }
 }
 
@@ -325,13 +347,17 @@ fn endpoint(
     lookup: &Lookup,
 ) -> Result<Endpoint> {
     Ok(match r {
-        ImageRef::Registry(r) => Endpoint::registry(registry_for(&r, creds, ca, insecure, lookup)?, r),
+        ImageRef::Registry(r) => {
+            Endpoint::registry(registry_for(&r, creds, ca, insecure, lookup)?, r)
+        }
         ImageRef::Layout(l) => Endpoint::layout(l),
     })
 }
 
 fn tag_list(tags: &[String]) -> Result<Vec<speculum_oci::Tag>> {
-    tags.iter().map(|t| t.parse().map_err(|e| anyhow!("invalid tag {t:?}: {e}"))).collect()
+    tags.iter()
+        .map(|t| t.parse().map_err(|e| anyhow!("invalid tag {t:?}: {e}")))
+        .collect()
 }
 
 struct Saas {
@@ -346,7 +372,11 @@ fn saas(r: &RegistryRef, api: &TagApiArgs, access: &Access, lookup: &Lookup) -> 
         let creds = match &access.creds {
             Some(c) => Some(sc::Credentials::parse(c)?),
             None => {
-                let files = lookup.authfile.clone().map(|f| vec![f]).unwrap_or_else(sc::default_auth_files);
+                let files = lookup
+                    .authfile
+                    .clone()
+                    .map(|f| vec![f])
+                    .unwrap_or_else(sc::default_auth_files);
                 sc::lookup_credentials(&files, sc::DOCKER_HUB, Some(r.repository.as_str()))?
             }
         };
@@ -355,7 +385,10 @@ fn saas(r: &RegistryRef, api: &TagApiArgs, access: &Access, lookup: &Lookup) -> 
         None
     };
     let quay = if resolved == sc::TagApi::Quay {
-        let base = api.quay_url.clone().unwrap_or_else(|| format!("https://{}", r.registry));
+        let base = api
+            .quay_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", r.registry));
         Some(sc::Quay::new(&base, http()?, api.quay_token.clone())?)
     } else {
         None
@@ -366,22 +399,55 @@ fn saas(r: &RegistryRef, api: &TagApiArgs, access: &Access, lookup: &Lookup) -> 
 async fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Copy {
-            src, dst, all, platform, src_creds, dest_creds, creds, src_ca, dest_ca, ca, src_insecure,
-            dest_insecure, insecure, parallel, chunk_size, retries, json, lookup,
+            src,
+            dst,
+            all,
+            platform,
+            src_creds,
+            dest_creds,
+            creds,
+            src_ca,
+            dest_ca,
+            ca,
+            src_insecure,
+            dest_insecure,
+            insecure,
+            parallel,
+            chunk_size,
+            retries,
+            json,
+            lookup,
         } => {
             let (s, d): (ImageRef, ImageRef) = (src.parse()?, dst.parse()?);
             let sca: Vec<&PathBuf> = src_ca.iter().chain(ca.iter()).collect();
             let dca: Vec<&PathBuf> = dest_ca.iter().chain(ca.iter()).collect();
-            let se = endpoint(s, src_creds.as_deref().or(creds.as_deref()), &sca, src_insecure || insecure, &lookup)
-                .with_context(|| src.clone())?;
-            let de = endpoint(d, dest_creds.as_deref().or(creds.as_deref()), &dca, dest_insecure || insecure, &lookup)
-                .with_context(|| dst.clone())?;
+            let se = endpoint(
+                s,
+                src_creds.as_deref().or(creds.as_deref()),
+                &sca,
+                src_insecure || insecure,
+                &lookup,
+            )
+            .with_context(|| src.clone())?;
+            let de = endpoint(
+                d,
+                dest_creds.as_deref().or(creds.as_deref()),
+                &dca,
+                dest_insecure || insecure,
+                &lookup,
+            )
+            .with_context(|| dst.clone())?;
             let platforms = match (all, platform) {
                 (true, _) => sc::PlatformSelection::All,
                 (false, Some(p)) => sc::PlatformSelection::One(p),
                 (false, None) => sc::PlatformSelection::Native,
             };
-            let opts = sc::CopyOptions { platforms, parallel, chunk_size, attempts: retries };
+            let opts = sc::CopyOptions {
+                platforms,
+                parallel,
+                chunk_size,
+                attempts: retries,
+            };
             let bars = progress::Bars::new(!json && std::io::stderr().is_terminal());
             let report = sc::copy(&se, &de, &opts, bars.clone())
                 .await
@@ -392,53 +458,143 @@ async fn run(cmd: Command) -> Result<()> {
             } else {
                 let msg = format!(
                     "copied {} to {} ({}): {} bytes copied, {} mounted, {} skipped\n",
-                    report.source, report.destination, report.digest, report.bytes_copied, report.bytes_mounted, report.bytes_skipped
+                    report.source,
+                    report.destination,
+                    report.digest,
+                    report.bytes_copied,
+                    report.bytes_mounted,
+                    report.bytes_skipped
                 );
                 let _ = std::io::stderr().write_all(msg.as_bytes());
             }
         }
-        Command::Tag { src, tags, access, lookup } => {
+        Command::Tag {
+            src,
+            tags,
+            access,
+            lookup,
+        } => {
             let r = registry_ref(&src)?;
-            let reg = registry_for(&r, access.creds.as_deref(), &access.ca.iter().collect::<Vec<_>>(), access.insecure, &lookup)?;
-            let digest = sc::tag(&reg, &r, &tag_list(&tags)?).await.with_context(|| r.to_string())?;
+            let reg = registry_for(
+                &r,
+                access.creds.as_deref(),
+                &access.ca.iter().collect::<Vec<_>>(),
+                access.insecure,
+                &lookup,
+            )?;
+            let digest = sc::tag(&reg, &r, &tag_list(&tags)?)
+                .await
+                .with_context(|| r.to_string())?;
             out(format!("{digest}\n").as_bytes())?;
         }
-        Command::Promote { repo, from, to, access, api, lookup } => {
+        Command::Promote {
+            repo,
+            from,
+            to,
+            access,
+            api,
+            lookup,
+        } => {
             let r = sc::parse_repository(&repo)?;
-            let reg = registry_for(&r, access.creds.as_deref(), &access.ca.iter().collect::<Vec<_>>(), access.insecure, &lookup)?;
+            let reg = registry_for(
+                &r,
+                access.creds.as_deref(),
+                &access.ca.iter().collect::<Vec<_>>(),
+                access.insecure,
+                &lookup,
+            )?;
             let s = saas(&r, &api, &access, &lookup)?;
-            let c = sc::TagClients { registry: &reg, hub: s.hub.as_ref(), quay: s.quay.as_ref(), api: api.api };
-            let from_t: speculum_oci::Tag = from.parse().map_err(|e| anyhow!("invalid tag {from:?}: {e}"))?;
+            let c = sc::TagClients {
+                registry: &reg,
+                hub: s.hub.as_ref(),
+                quay: s.quay.as_ref(),
+                api: api.api,
+            };
+            let from_t: speculum_oci::Tag = from
+                .parse()
+                .map_err(|e| anyhow!("invalid tag {from:?}: {e}"))?;
             let digest = sc::promote(&c, &r, &from_t, &tag_list(&to)?)
                 .await
                 .with_context(|| format!("promoting {}:{from}", r))?;
             out(format!("{digest}\n").as_bytes())?;
         }
-        Command::DeleteTag { reference, access, api, lookup } => {
+        Command::DeleteTag {
+            reference,
+            access,
+            api,
+            lookup,
+        } => {
             let r = registry_ref(&reference)?;
-            let tag = r.tag.clone().ok_or_else(|| anyhow!("{reference}: delete-tag needs a tag"))?;
+            let tag = r
+                .tag
+                .clone()
+                .ok_or_else(|| anyhow!("{reference}: delete-tag needs a tag"))?;
             if r.digest.is_some() {
                 return Err(anyhow!("{reference}: delete-tag takes a tag, not a digest"));
             }
-            let reg = registry_for(&r, access.creds.as_deref(), &access.ca.iter().collect::<Vec<_>>(), access.insecure, &lookup)?;
+            let reg = registry_for(
+                &r,
+                access.creds.as_deref(),
+                &access.ca.iter().collect::<Vec<_>>(),
+                access.insecure,
+                &lookup,
+            )?;
             let s = saas(&r, &api, &access, &lookup)?;
-            let c = sc::TagClients { registry: &reg, hub: s.hub.as_ref(), quay: s.quay.as_ref(), api: api.api };
-            sc::delete_tag(&c, &r, tag.as_str()).await.with_context(|| r.to_string())?;
+            let c = sc::TagClients {
+                registry: &reg,
+                hub: s.hub.as_ref(),
+                quay: s.quay.as_ref(),
+                api: api.api,
+            };
+            sc::delete_tag(&c, &r, tag.as_str())
+                .await
+                .with_context(|| r.to_string())?;
         }
-        Command::Clean { repo, pattern, older_than, dry_run, json, access, api, lookup } => {
+        Command::Clean {
+            repo,
+            pattern,
+            older_than,
+            dry_run,
+            json,
+            access,
+            api,
+            lookup,
+        } => {
             let r = sc::parse_repository(&repo)?;
-            let pattern = regex::Regex::new(&pattern).with_context(|| format!("invalid --match {pattern:?}"))?;
-            let reg = registry_for(&r, access.creds.as_deref(), &access.ca.iter().collect::<Vec<_>>(), access.insecure, &lookup)?;
+            let pattern = regex::Regex::new(&pattern)
+                .with_context(|| format!("invalid --match {pattern:?}"))?;
+            let reg = registry_for(
+                &r,
+                access.creds.as_deref(),
+                &access.ca.iter().collect::<Vec<_>>(),
+                access.insecure,
+                &lookup,
+            )?;
             let s = saas(&r, &api, &access, &lookup)?;
-            let c = sc::TagClients { registry: &reg, hub: s.hub.as_ref(), quay: s.quay.as_ref(), api: api.api };
-            let opts = sc::CleanOptions { pattern, older_than: older_than.into(), dry_run, now: time::OffsetDateTime::now_utc() };
-            let report = sc::clean(&c, &r, &opts).await.with_context(|| r.to_string())?;
+            let c = sc::TagClients {
+                registry: &reg,
+                hub: s.hub.as_ref(),
+                quay: s.quay.as_ref(),
+                api: api.api,
+            };
+            let opts = sc::CleanOptions {
+                pattern,
+                older_than: older_than.into(),
+                dry_run,
+                now: time::OffsetDateTime::now_utc(),
+            };
+            let report = sc::clean(&c, &r, &opts)
+                .await
+                .with_context(|| r.to_string())?;
             if json {
                 out_json(&report)?;
             } else {
                 let mut text = String::new();
                 for t in &report.tags {
-                    let age = t.age_seconds.map(|a| format!("{a}s")).unwrap_or_else(|| "?".into());
+                    let age = t
+                        .age_seconds
+                        .map(|a| format!("{a}s"))
+                        .unwrap_or_else(|| "?".into());
                     text.push_str(&format!("{}\t{age}\t{}\n", t.tag, t.result));
                 }
                 out(text.as_bytes())?;
@@ -447,10 +603,24 @@ async fn run(cmd: Command) -> Result<()> {
                 return Err(anyhow!("{r}: {} tag deletion(s) failed", report.failed));
             }
         }
-        Command::Inspect { reference, raw, json, access, lookup } => {
+        Command::Inspect {
+            reference,
+            raw,
+            json,
+            access,
+            lookup,
+        } => {
             let ir: ImageRef = reference.parse()?;
-            let ep = endpoint(ir, access.creds.as_deref(), &access.ca.iter().collect::<Vec<_>>(), access.insecure, &lookup)?;
-            let (report, bytes) = sc::inspect(&ep).await.with_context(|| ep.image().to_string())?;
+            let ep = endpoint(
+                ir,
+                access.creds.as_deref(),
+                &access.ca.iter().collect::<Vec<_>>(),
+                access.insecure,
+                &lookup,
+            )?;
+            let (report, bytes) = sc::inspect(&ep)
+                .await
+                .with_context(|| ep.image().to_string())?;
             if raw {
                 out(&bytes)?;
             } else if json {
@@ -459,14 +629,32 @@ async fn run(cmd: Command) -> Result<()> {
                 out(human_inspect(&report).as_bytes())?;
             }
         }
-        Command::Tags { repo, json, access, lookup } => {
+        Command::Tags {
+            repo,
+            json,
+            access,
+            lookup,
+        } => {
             let r = sc::parse_repository(&repo)?;
-            let reg = registry_for(&r, access.creds.as_deref(), &access.ca.iter().collect::<Vec<_>>(), access.insecure, &lookup)?;
-            let tags = reg.list_tags(&r.repository).await.with_context(|| r.to_string())?;
+            let reg = registry_for(
+                &r,
+                access.creds.as_deref(),
+                &access.ca.iter().collect::<Vec<_>>(),
+                access.insecure,
+                &lookup,
+            )?;
+            let tags = reg
+                .list_tags(&r.repository)
+                .await
+                .with_context(|| r.to_string())?;
             if json {
                 out_json(&tags)?;
             } else {
-                out(tags.iter().map(|t| format!("{t}\n")).collect::<String>().as_bytes())?;
+                out(tags
+                    .iter()
+                    .map(|t| format!("{t}\n"))
+                    .collect::<String>()
+                    .as_bytes())?;
             }
         }
         Command::Zuul(ZuulCommand::PullIntermediate { vars, json }) => {
@@ -497,7 +685,10 @@ async fn run(cmd: Command) -> Result<()> {
 }
 
 fn human_inspect(r: &sc::InspectReport) -> String {
-    let mut s = format!("Name:       {}\nDigest:     {}\nMediaType:  {}\n", r.name, r.digest, r.media_type);
+    let mut s = format!(
+        "Name:       {}\nDigest:     {}\nMediaType:  {}\n",
+        r.name, r.digest, r.media_type
+    );
     if let Some(p) = &r.platform {
         s.push_str(&format!("Platform:   {p}\n"));
     }
@@ -507,8 +698,15 @@ fn human_inspect(r: &sc::InspectReport) -> String {
     if !r.manifests.is_empty() {
         s.push_str("Manifests:\n");
         for m in &r.manifests {
-            let p = m.platform.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-            s.push_str(&format!("  {p:<16} {} {} ({} bytes)\n", m.digest, m.media_type, m.size));
+            let p = m
+                .platform
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into());
+            s.push_str(&format!(
+                "  {p:<16} {} {} ({} bytes)\n",
+                m.digest, m.media_type, m.size
+            ));
         }
     }
     if let Some(c) = &r.config {
@@ -517,7 +715,10 @@ fn human_inspect(r: &sc::InspectReport) -> String {
     if !r.layers.is_empty() {
         s.push_str("Layers:\n");
         for l in &r.layers {
-            s.push_str(&format!("  {} {} ({} bytes)\n", l.digest, l.media_type, l.size));
+            s.push_str(&format!(
+                "  {} {} ({} bytes)\n",
+                l.digest, l.media_type, l.size
+            ));
         }
         s.push_str(&format!("Size:       {} bytes\n", r.size));
     }

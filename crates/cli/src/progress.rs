@@ -17,7 +17,10 @@ impl Bars {
     /// Bars if `enabled`, else a silent sink.
     pub fn new(enabled: bool) -> Arc<Bars> {
         let multi = enabled.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Arc::new(Bars { multi, bars: Mutex::new(HashMap::new()) })
+        Arc::new(Bars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Remove the bars.
@@ -36,7 +39,9 @@ impl Progress for Bars {
     fn start(&self, digest: &Digest, size: u64) {
         let Some(m) = &self.multi else { return };
         let bar = m.add(ProgressBar::new(size));
-        if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}") {
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_prefix(Self::short(digest));

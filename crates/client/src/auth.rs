@@ -25,7 +25,10 @@ pub struct Credentials {
 impl Credentials {
     /// Credentials from parts.
     pub fn new(username: impl Into<String>, password: impl Into<String>) -> Credentials {
-        Credentials { username: username.into(), password: password.into() }
+        Credentials {
+            username: username.into(),
+            password: password.into(),
+        }
     }
 
     /// Parse `USER:PASSWORD` (the password may contain `:`). Trailing newlines
@@ -41,7 +44,10 @@ impl Credentials {
     /// The value of a Basic `Authorization` header.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
     }
 }
 
@@ -81,7 +87,11 @@ fn candidate_keys(registry: &str) -> Vec<String> {
         format!("https://{registry}/v2/"),
     ];
     if registry == crate::reference::DOCKER_HUB {
-        for k in ["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"] {
+        for k in [
+            "https://index.docker.io/v1/",
+            "index.docker.io",
+            "registry-1.docker.io",
+        ] {
             keys.push(k.to_string());
         }
     }
@@ -89,8 +99,14 @@ fn candidate_keys(registry: &str) -> Vec<String> {
 }
 
 fn entry_credentials(entry: &serde_json::Value) -> Option<Credentials> {
-    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim()).ok()?;
+    if let Some(auth) = entry
+        .get("auth")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         return Credentials::parse(&text).ok();
     }
@@ -102,7 +118,11 @@ fn entry_credentials(entry: &serde_json::Value) -> Option<Credentials> {
 /// Look up credentials for `registry` (and optionally a repository, for
 /// podman's repository-scoped keys such as `quay.io/org`) in one auth file.
 /// A missing file is not an error; an unreadable or malformed one is.
-pub fn lookup_in_file(path: &Path, registry: &str, repository: Option<&str>) -> Result<Option<Credentials>> {
+pub fn lookup_in_file(
+    path: &Path,
+    registry: &str,
+    repository: Option<&str>,
+) -> Result<Option<Credentials>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -140,7 +160,11 @@ pub fn lookup_in_file(path: &Path, registry: &str, repository: Option<&str>) -> 
 }
 
 /// Look up credentials for `registry` in the given auth files, first match wins.
-pub fn lookup(files: &[PathBuf], registry: &str, repository: Option<&str>) -> Result<Option<Credentials>> {
+pub fn lookup(
+    files: &[PathBuf],
+    registry: &str,
+    repository: Option<&str>,
+) -> Result<Option<Credentials>> {
     for f in files {
         if let Some(c) = lookup_in_file(f, registry, repository)? {
             tracing::debug!(file = %f.display(), registry, "credentials from auth file");
@@ -269,10 +293,17 @@ mod tests {
                 scope: Some("repository:library/ubuntu:pull,push".into()),
             })
         );
-        assert_eq!(Challenge::parse(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(
             Challenge::parse("bearer realm=http://x/t"),
-            Some(Challenge::Bearer { realm: "http://x/t".into(), service: None, scope: None })
+            Some(Challenge::Bearer {
+                realm: "http://x/t".into(),
+                service: None,
+                scope: None
+            })
         );
         assert_eq!(Challenge::parse("Negotiate abc"), None);
         assert_eq!(Challenge::parse("Bearer service=x"), None);
@@ -305,9 +336,27 @@ mod tests {
         let files = vec![dir.path().join("missing.json"), f];
         let c = lookup(&files, "127.0.0.1:5000", None).unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.password.as_str()), ("u1", "p1"));
-        assert_eq!(lookup(&files, "docker.io", Some("a/b")).unwrap().unwrap().username, "hub");
-        assert_eq!(lookup(&files, "quay.io", Some("org/app")).unwrap().unwrap().username, "robot");
-        assert_eq!(lookup(&files, "quay.io", Some("other/app")).unwrap().unwrap().username, "q");
+        assert_eq!(
+            lookup(&files, "docker.io", Some("a/b"))
+                .unwrap()
+                .unwrap()
+                .username,
+            "hub"
+        );
+        assert_eq!(
+            lookup(&files, "quay.io", Some("org/app"))
+                .unwrap()
+                .unwrap()
+                .username,
+            "robot"
+        );
+        assert_eq!(
+            lookup(&files, "quay.io", Some("other/app"))
+                .unwrap()
+                .unwrap()
+                .username,
+            "q"
+        );
         assert_eq!(lookup(&files, "example.com", None).unwrap(), None);
     }
 }

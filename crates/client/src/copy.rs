@@ -12,7 +12,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
-use speculum_oci::{Descriptor, Digest, Digester, ManifestInfo, ManifestKind, Platform, RepositoryName};
+use speculum_oci::{
+    Descriptor, Digest, Digester, ManifestInfo, ManifestKind, Platform, RepositoryName,
+};
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -41,12 +43,18 @@ pub enum Endpoint {
 impl Endpoint {
     /// A registry endpoint.
     pub fn registry(registry: Arc<Registry>, reference: RegistryRef) -> Endpoint {
-        Endpoint::Registry { registry, reference }
+        Endpoint::Registry {
+            registry,
+            reference,
+        }
     }
 
     /// A layout endpoint.
     pub fn layout(reference: LayoutRef) -> Endpoint {
-        Endpoint::Layout { layout: Arc::new(Layout::new(reference.dir.clone())), reference }
+        Endpoint::Layout {
+            layout: Arc::new(Layout::new(reference.dir.clone())),
+            reference,
+        }
     }
 
     /// The image this endpoint names.
@@ -60,8 +68,13 @@ impl Endpoint {
     /// Fetch the manifest the reference names.
     pub async fn root_manifest(&self) -> Result<RawManifest> {
         match self {
-            Endpoint::Registry { registry, reference } => {
-                registry.get_manifest(&reference.repository, &reference.reference()).await
+            Endpoint::Registry {
+                registry,
+                reference,
+            } => {
+                registry
+                    .get_manifest(&reference.repository, &reference.reference())
+                    .await
             }
             Endpoint::Layout { layout, reference } => {
                 let desc = layout.find(reference.tag.as_deref())?;
@@ -73,8 +86,13 @@ impl Endpoint {
     /// Fetch a manifest by digest.
     pub async fn manifest_by_digest(&self, digest: &Digest) -> Result<RawManifest> {
         match self {
-            Endpoint::Registry { registry, reference } => {
-                registry.get_manifest(&reference.repository, &digest.to_string()).await
+            Endpoint::Registry {
+                registry,
+                reference,
+            } => {
+                registry
+                    .get_manifest(&reference.repository, &digest.to_string())
+                    .await
             }
             Endpoint::Layout { layout, .. } => layout.get_manifest_by_digest(digest).await,
         }
@@ -83,8 +101,13 @@ impl Endpoint {
     /// Read a small blob (an image config) fully, verified.
     pub async fn blob_bytes(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
         match self {
-            Endpoint::Registry { registry, reference } => {
-                registry.get_blob_bytes(&reference.repository, digest, limit).await
+            Endpoint::Registry {
+                registry,
+                reference,
+            } => {
+                registry
+                    .get_blob_bytes(&reference.repository, digest, limit)
+                    .await
             }
             Endpoint::Layout { layout, .. } => layout.read_small(digest, limit).await,
         }
@@ -92,7 +115,10 @@ impl Endpoint {
 
     async fn blob_stream(&self, digest: &Digest) -> Result<ByteStream> {
         match self {
-            Endpoint::Registry { registry, reference } => registry.get_blob(&reference.repository, digest).await,
+            Endpoint::Registry {
+                registry,
+                reference,
+            } => registry.get_blob(&reference.repository, digest).await,
             Endpoint::Layout { layout, .. } => layout.get_blob(digest).await,
         }
     }
@@ -126,15 +152,21 @@ impl std::str::FromStr for PlatformSpec {
     fn from_str(s: &str) -> Result<PlatformSpec> {
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => {
-                Ok(PlatformSpec { os: os.to_string(), architecture: arch.to_string(), variant: None })
-            }
-            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(PlatformSpec {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(PlatformSpec {
                 os: os.to_string(),
                 architecture: arch.to_string(),
-                variant: Some(v.to_string()),
+                variant: None,
             }),
-            _ => Err(Error::input(format!("invalid platform {s:?}: expected os/arch[/variant]"))),
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => {
+                Ok(PlatformSpec {
+                    os: os.to_string(),
+                    architecture: arch.to_string(),
+                    variant: Some(v.to_string()),
+                })
+            }
+            _ => Err(Error::input(format!(
+                "invalid platform {s:?}: expected os/arch[/variant]"
+            ))),
         }
     }
 }
@@ -149,7 +181,11 @@ impl PlatformSpec {
             "powerpc64" => "ppc64le",
             other => other,
         };
-        PlatformSpec { os: "linux".into(), architecture: arch.into(), variant: None }
+        PlatformSpec {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: None,
+        }
     }
 
     fn matches(&self, p: &Platform) -> bool {
@@ -174,7 +210,12 @@ pub struct CopyOptions {
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { platforms: PlatformSelection::Native, parallel: 6, chunk_size: None, attempts: 4 }
+        CopyOptions {
+            platforms: PlatformSelection::Native,
+            parallel: 6,
+            chunk_size: None,
+            attempts: 4,
+        }
     }
 }
 
@@ -338,7 +379,10 @@ struct Plan {
 }
 
 fn parse(m: &RawManifest) -> Result<ManifestInfo> {
-    Ok(speculum_oci::manifest::parse(Some(&m.media_type), &m.bytes)?)
+    Ok(speculum_oci::manifest::parse(
+        Some(&m.media_type),
+        &m.bytes,
+    )?)
 }
 
 async fn plan(src: &Endpoint, opts: &CopyOptions) -> Result<Plan> {
@@ -349,7 +393,11 @@ async fn plan(src: &Endpoint, opts: &CopyOptions) -> Result<Plan> {
         for b in info.required_blobs() {
             blobs.insert(b.digest.clone(), b.clone());
         }
-        return Ok(Plan { children: vec![], root, blobs });
+        return Ok(Plan {
+            children: vec![],
+            root,
+            blobs,
+        });
     }
     let wanted = match &opts.platforms {
         PlatformSelection::All => None,
@@ -362,13 +410,20 @@ async fn plan(src: &Endpoint, opts: &CopyOptions) -> Result<Plan> {
             .iter()
             .find(|d| d.platform.as_ref().is_some_and(|pl| p.matches(pl)))
             .ok_or_else(|| {
-                let have: Vec<String> =
-                    info.manifests.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect();
+                let have: Vec<String> = info
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                    .collect();
                 Error::NotFound(format!(
                     "platform {}/{} in the index (it has {}; use --all or --platform)",
                     p.os,
                     p.architecture,
-                    if have.is_empty() { "none".to_string() } else { have.join(", ") }
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
                 ))
             })?;
         let m = src.manifest_by_digest(&child.digest).await?;
@@ -379,11 +434,20 @@ async fn plan(src: &Endpoint, opts: &CopyOptions) -> Result<Plan> {
         for b in ci.required_blobs() {
             blobs.insert(b.digest.clone(), b.clone());
         }
-        return Ok(Plan { children: vec![], root: m, blobs });
+        return Ok(Plan {
+            children: vec![],
+            root: m,
+            blobs,
+        });
     }
     // Every child, depth first, so that nested indexes come after their children.
     let mut children = Vec::new();
-    let mut stack: Vec<(Descriptor, u32)> = info.manifests.iter().rev().map(|d| (d.clone(), 1)).collect();
+    let mut stack: Vec<(Descriptor, u32)> = info
+        .manifests
+        .iter()
+        .rev()
+        .map(|d| (d.clone(), 1))
+        .collect();
     let mut pending_indexes: Vec<(RawManifest, Option<Platform>, u32)> = Vec::new();
     while let Some((d, depth)) = stack.pop() {
         let m = src.manifest_by_digest(&d.digest).await?;
@@ -399,12 +463,18 @@ async fn plan(src: &Endpoint, opts: &CopyOptions) -> Result<Plan> {
                 stack.extend(mi.manifests.iter().rev().map(|c| (c.clone(), depth + 1)));
                 pending_indexes.push((m, d.platform.clone(), depth));
             }
-            ManifestKind::Index => return Err(Error::Unsupported("indexes nested more than 4 deep".into())),
+            ManifestKind::Index => {
+                return Err(Error::Unsupported("indexes nested more than 4 deep".into()));
+            }
         }
     }
-    pending_indexes.sort_by(|a, b| b.2.cmp(&a.2));
+    pending_indexes.sort_by_key(|p| std::cmp::Reverse(p.2));
     children.extend(pending_indexes.into_iter().map(|(m, p, _)| (m, p)));
-    Ok(Plan { children, root, blobs })
+    Ok(Plan {
+        children,
+        root,
+        blobs,
+    })
 }
 
 async fn copy_blob(
@@ -414,7 +484,11 @@ async fn copy_blob(
     opts: &CopyOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<BlobReport> {
-    let report = |action| BlobReport { digest: desc.digest.clone(), size: desc.size, action };
+    let report = |action| BlobReport {
+        digest: desc.digest.clone(),
+        size: desc.size,
+        action,
+    };
     progress.start(&desc.digest, desc.size);
     let mut attempt = 0;
     loop {
@@ -451,20 +525,30 @@ async fn copy_blob_once(
             layout.put_blob(&desc.digest, s).await?;
             Ok(BlobAction::Copied)
         }
-        Endpoint::Registry { registry, reference } => {
+        Endpoint::Registry {
+            registry,
+            reference,
+        } => {
             let repo = &reference.repository;
-            if registry.has_blob(repo, &desc.digest, &[Scope::push(repo)]).await? {
+            if registry
+                .has_blob(repo, &desc.digest, &[Scope::push(repo)])
+                .await?
+            {
                 return Ok(BlobAction::Skipped);
             }
             let mount_from: Option<&RepositoryName> = match src {
-                Endpoint::Registry { registry: sreg, reference: sref }
-                    if sreg.name() == registry.name() && sref.repository != *repo =>
-                {
+                Endpoint::Registry {
+                    registry: sreg,
+                    reference: sref,
+                } if sreg.name() == registry.name() && sref.repository != *repo => {
                     Some(&sref.repository)
                 }
                 _ => None,
             };
-            let session = match registry.start_upload(repo, mount_from.map(|f| (f, &desc.digest))).await? {
+            let session = match registry
+                .start_upload(repo, mount_from.map(|f| (f, &desc.digest)))
+                .await?
+            {
                 UploadStart::Mounted => return Ok(BlobAction::Mounted),
                 UploadStart::Session(url) => url,
             };
@@ -474,8 +558,16 @@ async fn copy_blob_once(
             let result = async {
                 let s = verified(src.blob_stream(&desc.digest).await?, desc, progress);
                 match opts.chunk_size {
-                    Some(c) => registry.put_blob_chunked(repo, session.clone(), &desc.digest, c, s).await,
-                    None => registry.put_blob_monolithic(repo, session.clone(), &desc.digest, desc.size, s).await,
+                    Some(c) => {
+                        registry
+                            .put_blob_chunked(repo, session.clone(), &desc.digest, c, s)
+                            .await
+                    }
+                    None => {
+                        registry
+                            .put_blob_monolithic(repo, session.clone(), &desc.digest, desc.size, s)
+                            .await
+                    }
                 }
             }
             .await;
@@ -488,7 +580,12 @@ async fn copy_blob_once(
     }
 }
 
-async fn put_manifest(dst: &Endpoint, m: &RawManifest, tag: Option<&str>, root: bool) -> Result<()> {
+async fn put_manifest(
+    dst: &Endpoint,
+    m: &RawManifest,
+    tag: Option<&str>,
+    root: bool,
+) -> Result<()> {
     match dst {
         Endpoint::Layout { layout, .. } => {
             layout.put_bytes(&m.digest, &m.bytes).await?;
@@ -506,14 +603,24 @@ async fn put_manifest(dst: &Endpoint, m: &RawManifest, tag: Option<&str>, root: 
             }
             Ok(())
         }
-        Endpoint::Registry { registry, reference } => {
-            let r = tag.map(str::to_string).unwrap_or_else(|| m.digest.to_string());
-            let got = registry.put_manifest(&reference.repository, &r, m.bytes.clone(), &m.media_type).await?;
+        Endpoint::Registry {
+            registry,
+            reference,
+        } => {
+            let r = tag
+                .map(str::to_string)
+                .unwrap_or_else(|| m.digest.to_string());
+            let got = registry
+                .put_manifest(&reference.repository, &r, m.bytes.clone(), &m.media_type)
+                .await?;
             if let Some(g) = got
                 && g.algorithm() == m.digest.algorithm()
                 && g != m.digest
             {
-                return Err(Error::DigestMismatch { expected: m.digest.to_string(), actual: g.to_string() });
+                return Err(Error::DigestMismatch {
+                    expected: m.digest.to_string(),
+                    actual: g.to_string(),
+                });
             }
             Ok(())
         }
@@ -527,7 +634,9 @@ fn destination_tag(dst: &Endpoint, root: &Digest) -> Result<Option<String>> {
             if let Some(d) = &reference.digest
                 && d != root
             {
-                return Err(Error::input(format!("destination digest {d} does not match the image ({root})")));
+                return Err(Error::input(format!(
+                    "destination digest {d} does not match the image ({root})"
+                )));
             }
             Ok(reference.tag_or_latest())
         }
@@ -536,7 +645,12 @@ fn destination_tag(dst: &Endpoint, root: &Digest) -> Result<Option<String>> {
 }
 
 /// Copy one image (or an index and its images) from `src` to `dst`.
-pub async fn copy(src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, progress: Arc<dyn Progress>) -> Result<CopyReport> {
+pub async fn copy(
+    src: &Endpoint,
+    dst: &Endpoint,
+    opts: &CopyOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<CopyReport> {
     let plan = plan(src, opts).await?;
     let tag = destination_tag(dst, &plan.root.digest)?;
     tracing::info!(source = %src.image(), destination = %dst.image(), digest = %plan.root.digest, blobs = plan.blobs.len(), "copying");
@@ -557,7 +671,11 @@ pub async fn copy(src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, progress: 
         });
     }
     put_manifest(dst, &plan.root, tag.as_deref(), true).await?;
-    manifests.push(ManifestReport { digest: plan.root.digest.clone(), media_type: plan.root.media_type.clone(), platform: None });
+    manifests.push(ManifestReport {
+        digest: plan.root.digest.clone(),
+        media_type: plan.root.media_type.clone(),
+        platform: None,
+    });
 
     let sum = |a: BlobAction| blobs.iter().filter(|b| b.action == a).map(|b| b.size).sum();
     Ok(CopyReport {

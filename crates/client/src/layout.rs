@@ -30,7 +30,10 @@ pub struct Layout {
 impl Layout {
     /// A layout at `dir` (created on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Layout {
-        Layout { dir: dir.into(), index_lock: Mutex::new(()) }
+        Layout {
+            dir: dir.into(),
+            index_lock: Mutex::new(()),
+        }
     }
 
     /// The directory.
@@ -40,7 +43,10 @@ impl Layout {
 
     /// Where a blob lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join("blobs").join(digest.algorithm().as_str()).join(digest.hex())
+        self.dir
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
     }
 
     fn read_index(&self) -> Result<serde_json::Value> {
@@ -52,14 +58,19 @@ impl Layout {
                 Error::io(&p, e)
             }
         })?;
-        serde_json::from_slice(&text).map_err(|e| Error::input(format!("{}: invalid index.json: {e}", p.display())))
+        serde_json::from_slice(&text)
+            .map_err(|e| Error::input(format!("{}: invalid index.json: {e}", p.display())))
     }
 
     /// The descriptors listed in `index.json`.
     pub fn entries(&self) -> Result<Vec<Descriptor>> {
         let idx = self.read_index()?;
-        let list = idx.get("manifests").cloned().unwrap_or(serde_json::Value::Array(vec![]));
-        serde_json::from_value(list).map_err(|e| Error::input(format!("{}: invalid index.json: {e}", self.dir.display())))
+        let list = idx
+            .get("manifests")
+            .cloned()
+            .unwrap_or(serde_json::Value::Array(vec![]));
+        serde_json::from_value(list)
+            .map_err(|e| Error::input(format!("{}: invalid index.json: {e}", self.dir.display())))
     }
 
     /// The manifest tagged `tag`, or the only one when no tag is given.
@@ -68,14 +79,24 @@ impl Layout {
         match tag {
             Some(t) => entries
                 .into_iter()
-                .find(|d| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).is_some_and(|n| n == t))
-                .ok_or_else(|| Error::NotFound(format!("tag {t:?} in OCI layout {}", self.dir.display()))),
+                .find(|d| {
+                    d.annotations
+                        .as_ref()
+                        .and_then(|a| a.get(REF_NAME))
+                        .is_some_and(|n| n == t)
+                })
+                .ok_or_else(|| {
+                    Error::NotFound(format!("tag {t:?} in OCI layout {}", self.dir.display()))
+                }),
             None => {
                 let n = entries.len();
                 let mut it = entries.into_iter();
                 match (it.next(), n) {
                     (Some(d), 1) => Ok(d),
-                    (None, _) => Err(Error::NotFound(format!("any image in OCI layout {}", self.dir.display()))),
+                    (None, _) => Err(Error::NotFound(format!(
+                        "any image in OCI layout {}",
+                        self.dir.display()
+                    ))),
                     _ => Err(Error::input(format!(
                         "OCI layout {} holds {n} images: name one with oci:DIR:TAG",
                         self.dir.display()
@@ -87,42 +108,64 @@ impl Layout {
 
     /// Read a manifest by digest, verified.
     pub async fn get_manifest(&self, desc: &Descriptor) -> Result<RawManifest> {
-        let bytes = self.read_small(&desc.digest, MAX_MANIFEST_SIZE as u64).await?;
+        let bytes = self
+            .read_small(&desc.digest, MAX_MANIFEST_SIZE as u64)
+            .await?;
         let info = speculum_oci::manifest::parse(Some(&desc.media_type), &bytes)?;
-        Ok(RawManifest { bytes, media_type: info.media_type, digest: desc.digest.clone() })
+        Ok(RawManifest {
+            bytes,
+            media_type: info.media_type,
+            digest: desc.digest.clone(),
+        })
     }
 
     /// Read a manifest by digest only (children of an index).
     pub async fn get_manifest_by_digest(&self, digest: &Digest) -> Result<RawManifest> {
         let bytes = self.read_small(digest, MAX_MANIFEST_SIZE as u64).await?;
         let info = speculum_oci::manifest::parse(None, &bytes)?;
-        Ok(RawManifest { bytes, media_type: info.media_type, digest: digest.clone() })
+        Ok(RawManifest {
+            bytes,
+            media_type: info.media_type,
+            digest: digest.clone(),
+        })
     }
 
     /// Read a small blob fully and verify it.
     pub async fn read_small(&self, digest: &Digest, limit: u64) -> Result<Bytes> {
         let p = self.blob_path(digest);
-        let meta = tokio::fs::metadata(&p).await.map_err(|e| Error::io(&p, e))?;
+        let meta = tokio::fs::metadata(&p)
+            .await
+            .map_err(|e| Error::io(&p, e))?;
         if meta.len() > limit {
-            return Err(Error::input(format!("{} is larger than {limit} bytes", p.display())));
+            return Err(Error::input(format!(
+                "{} is larger than {limit} bytes",
+                p.display()
+            )));
         }
         let b = tokio::fs::read(&p).await.map_err(|e| Error::io(&p, e))?;
         let actual = Digest::of(digest.algorithm(), &b);
         if actual != *digest {
-            return Err(Error::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
+            return Err(Error::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
         }
         Ok(Bytes::from(b))
     }
 
     /// Whether a blob is present with the right size.
     pub async fn has_blob(&self, digest: &Digest, size: u64) -> bool {
-        tokio::fs::metadata(self.blob_path(digest)).await.is_ok_and(|m| m.len() == size)
+        tokio::fs::metadata(self.blob_path(digest))
+            .await
+            .is_ok_and(|m| m.len() == size)
     }
 
     /// Open a blob as a stream (verified by the copy).
     pub async fn get_blob(&self, digest: &Digest) -> Result<ByteStream> {
         let p = self.blob_path(digest);
-        let f = tokio::fs::File::open(&p).await.map_err(|e| Error::io(&p, e))?;
+        let f = tokio::fs::File::open(&p)
+            .await
+            .map_err(|e| Error::io(&p, e))?;
         let s = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
         Ok(Box::pin(s.map(move |r| r.map_err(|e| Error::io(&p, e)))))
     }
@@ -131,7 +174,8 @@ impl Layout {
         std::fs::create_dir_all(self.dir.join("blobs")).map_err(|e| Error::io(&self.dir, e))?;
         let marker = self.dir.join("oci-layout");
         if !marker.exists() {
-            std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| Error::io(&marker, e))?;
+            std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+                .map_err(|e| Error::io(&marker, e))?;
         }
         Ok(())
     }
@@ -142,10 +186,17 @@ impl Layout {
     pub async fn put_blob(&self, digest: &Digest, mut body: ByteStream) -> Result<()> {
         self.ensure_skeleton()?;
         let final_path = self.blob_path(digest);
-        let dir = final_path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.dir.clone());
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))?;
+        let dir = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.dir.clone());
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| Error::io(&dir, e))?;
         let tmp = dir.join(format!(".tmp-{}-{}", digest.hex(), std::process::id()));
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::io(&tmp, e))?;
         let result: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 f.write_all(&chunk?).await.map_err(|e| Error::io(&tmp, e))?;
@@ -159,17 +210,26 @@ impl Layout {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
-        tokio::fs::rename(&tmp, &final_path).await.map_err(|e| Error::io(&final_path, e))
+        tokio::fs::rename(&tmp, &final_path)
+            .await
+            .map_err(|e| Error::io(&final_path, e))
     }
 
     /// Write a small blob (a manifest) verified.
     pub async fn put_bytes(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
         let actual = Digest::of(digest.algorithm(), bytes);
         if actual != *digest {
-            return Err(Error::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
+            return Err(Error::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
         }
         let b = bytes.clone();
-        self.put_blob(digest, Box::pin(futures_util::stream::once(async move { Ok(b) }))).await
+        self.put_blob(
+            digest,
+            Box::pin(futures_util::stream::once(async move { Ok(b) })),
+        )
+        .await
     }
 
     /// Record `desc` in `index.json`, under `tag` if given (replacing the
@@ -196,9 +256,14 @@ impl Layout {
             .ok_or_else(|| Error::input("index.json is not an object"))?
             .entry("manifests")
             .or_insert_with(|| serde_json::Value::Array(vec![]));
-        let arr = list.as_array_mut().ok_or_else(|| Error::input("index.json manifests is not a list"))?;
+        let arr = list
+            .as_array_mut()
+            .ok_or_else(|| Error::input("index.json manifests is not a list"))?;
         arr.retain(|e| {
-            let name = e.get("annotations").and_then(|a| a.get(REF_NAME)).and_then(|n| n.as_str());
+            let name = e
+                .get("annotations")
+                .and_then(|a| a.get(REF_NAME))
+                .and_then(|n| n.as_str());
             match tag {
                 Some(t) => name != Some(t),
                 None => !(name.is_none() && e.get("digest") == new.get("digest")),
@@ -208,7 +273,10 @@ impl Layout {
         if idx.get("mediaType").is_none()
             && let Some(o) = idx.as_object_mut()
         {
-            o.insert("mediaType".into(), speculum_oci::media_type::OCI_INDEX.into());
+            o.insert(
+                "mediaType".into(),
+                speculum_oci::media_type::OCI_INDEX.into(),
+            );
         }
         let text = serde_json::to_vec_pretty(&idx).map_err(|e| Error::input(e.to_string()))?;
         let tmp = self.dir.join(".index.json.tmp");

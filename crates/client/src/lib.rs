@@ -32,18 +32,18 @@ pub mod zuul;
 
 pub use auth::{Challenge, Credentials, default_auth_files, lookup as lookup_credentials};
 pub use copy::{
-    BlobAction, BlobReport, CopyOptions, CopyReport, Endpoint, ManifestReport, NoProgress, PlatformSelection,
-    PlatformSpec, Progress, copy,
+    BlobAction, BlobReport, CopyOptions, CopyReport, Endpoint, ManifestReport, NoProgress,
+    PlatformSelection, PlatformSpec, Progress, copy,
 };
 pub use error::{Error, Result};
 pub use layout::{Layout, REF_NAME};
 pub use ops::{
-    CleanEntry, CleanOptions, CleanReport, Deleted, InspectReport, TagApi, TagClients, clean, config_created,
-    delete_tag, inspect, promote, tag,
+    CleanEntry, CleanOptions, CleanReport, Deleted, InspectReport, TagApi, TagClients, clean,
+    config_created, delete_tag, inspect, promote, tag,
 };
 pub use reference::{DOCKER_HUB, ImageRef, LayoutRef, RegistryRef, host_port, parse_repository};
 pub use registry::{
-    ByteStream, RawManifest, Registry, RegistryOptions, Scope, UploadStart, default_certs_dirs, http_client,
-    install_crypto_provider, read_ca_file,
+    ByteStream, RawManifest, Registry, RegistryOptions, Scope, UploadStart, default_certs_dirs,
+    http_client, install_crypto_provider, read_ca_file,
 };
 pub use saas::{DockerHub, HUB_URL, Quay, TagInfo};

@@ -19,9 +19,13 @@ use crate::saas::{DockerHub, Quay, TagInfo};
 /// Tag `src` (a tag or digest in a repository) as each of `tags` in the same
 /// repository. Returns the digest.
 pub async fn tag(registry: &Registry, src: &RegistryRef, tags: &[Tag]) -> Result<Digest> {
-    let m = registry.get_manifest(&src.repository, &src.reference()).await?;
+    let m = registry
+        .get_manifest(&src.repository, &src.reference())
+        .await?;
     for t in tags {
-        registry.put_manifest(&src.repository, t.as_str(), m.bytes.clone(), &m.media_type).await?;
+        registry
+            .put_manifest(&src.repository, t.as_str(), m.bytes.clone(), &m.media_type)
+            .await?;
         tracing::info!(repository = %src.repository, tag = %t, digest = %m.digest, "tagged");
     }
     Ok(m.digest)
@@ -49,7 +53,9 @@ impl std::str::FromStr for TagApi {
             "oci" => Ok(TagApi::Oci),
             "dockerhub" | "docker" => Ok(TagApi::DockerHub),
             "quay" => Ok(TagApi::Quay),
-            other => Err(Error::input(format!("unknown tag API {other:?} (auto, oci, dockerhub, quay)"))),
+            other => Err(Error::input(format!(
+                "unknown tag API {other:?} (auto, oci, dockerhub, quay)"
+            ))),
         }
     }
 }
@@ -97,7 +103,12 @@ fn is_unsupported(status: StatusCode, body: &[u8]) -> bool {
     // only deletes by digest); others say UNSUPPORTED.
     status == StatusCode::BAD_REQUEST
         && serde_json::from_slice::<ErrorBody>(body).is_ok_and(|b| {
-            b.errors.iter().any(|e| matches!(e.code.as_str(), "UNSUPPORTED" | "TAG_INVALID" | "DIGEST_INVALID"))
+            b.errors.iter().any(|e| {
+                matches!(
+                    e.code.as_str(),
+                    "UNSUPPORTED" | "TAG_INVALID" | "DIGEST_INVALID"
+                )
+            })
         })
 }
 
@@ -110,12 +121,16 @@ fn is_unsupported(status: StatusCode, body: &[u8]) -> bool {
 pub async fn delete_tag(c: &TagClients<'_>, r: &RegistryRef, tag: &str) -> Result<Deleted> {
     match c.api.resolve(r) {
         TagApi::DockerHub => {
-            let hub = c.hub.ok_or_else(|| Error::input("the Docker Hub API is not configured"))?;
+            let hub = c
+                .hub
+                .ok_or_else(|| Error::input("the Docker Hub API is not configured"))?;
             hub.delete_tag(r.repository.as_str(), tag).await?;
             Ok(Deleted::Tag)
         }
         TagApi::Quay => {
-            let quay = c.quay.ok_or_else(|| Error::input("the Quay API is not configured"))?;
+            let quay = c
+                .quay
+                .ok_or_else(|| Error::input("the Quay API is not configured"))?;
             quay.delete_tag(r.repository.as_str(), tag).await?;
             Ok(Deleted::Tag)
         }
@@ -133,12 +148,18 @@ async fn delete_tag_oci(registry: &Registry, r: &RegistryRef, tag: &str) -> Resu
     let url = resp.url().clone();
     let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
     if status == StatusCode::NOT_FOUND {
-        return Err(Error::NotFound(format!("tag {tag} of {}", r.repository_string())));
+        return Err(Error::NotFound(format!(
+            "tag {tag} of {}",
+            r.repository_string()
+        )));
     }
     if !is_unsupported(status, &body) {
         return Err(registry.registry_error(&reqwest::Method::DELETE, &url, status, &body));
     }
-    tracing::info!(registry = registry.name(), "registry refuses tag deletion; checking whether deleting by digest is safe");
+    tracing::info!(
+        registry = registry.name(),
+        "registry refuses tag deletion; checking whether deleting by digest is safe"
+    );
     let (digest, _) = registry
         .head_manifest(repo, tag)
         .await?
@@ -148,7 +169,9 @@ async fn delete_tag_oci(registry: &Registry, r: &RegistryRef, tag: &str) -> Resu
         if t == tag {
             continue;
         }
-        let Some((d, media)) = registry.head_manifest(repo, &t).await? else { continue };
+        let Some((d, media)) = registry.head_manifest(repo, &t).await? else {
+            continue;
+        };
         if d == digest {
             others.push(t);
         } else if speculum_oci::media_type::is_index(&media) {
@@ -173,7 +196,12 @@ async fn delete_tag_oci(registry: &Registry, r: &RegistryRef, tag: &str) -> Resu
 }
 
 /// Promote: tag `from` as each of `to`, then delete `from`.
-pub async fn promote(c: &TagClients<'_>, repo: &RegistryRef, from: &Tag, to: &[Tag]) -> Result<Digest> {
+pub async fn promote(
+    c: &TagClients<'_>,
+    repo: &RegistryRef,
+    from: &Tag,
+    to: &[Tag],
+) -> Result<Digest> {
     let src = repo.with_tag(from.clone());
     let digest = tag(c.registry, &src, to).await?;
     delete_tag(c, repo, from.as_str()).await?;
@@ -215,16 +243,28 @@ pub struct CleanOptions {
     pub now: OffsetDateTime,
 }
 
-async fn created_of(registry: &Registry, r: &RegistryRef, tag: &str) -> Result<Option<OffsetDateTime>> {
+async fn created_of(
+    registry: &Registry,
+    r: &RegistryRef,
+    tag: &str,
+) -> Result<Option<OffsetDateTime>> {
     let mut m = registry.get_manifest(&r.repository, tag).await?;
     let mut info = speculum_oci::manifest::parse(Some(&m.media_type), &m.bytes)?;
     if info.kind == ManifestKind::Index {
-        let Some(first) = info.manifests.first() else { return Ok(None) };
-        m = registry.get_manifest(&r.repository, &first.digest.to_string()).await?;
+        let Some(first) = info.manifests.first() else {
+            return Ok(None);
+        };
+        m = registry
+            .get_manifest(&r.repository, &first.digest.to_string())
+            .await?;
         info = speculum_oci::manifest::parse(Some(&m.media_type), &m.bytes)?;
     }
-    let Some(config) = info.config else { return Ok(None) };
-    let bytes = registry.get_blob_bytes(&r.repository, &config.digest, 4 << 20).await?;
+    let Some(config) = info.config else {
+        return Ok(None);
+    };
+    let bytes = registry
+        .get_blob_bytes(&r.repository, &config.digest, 4 << 20)
+        .await?;
     Ok(config_created(&bytes))
 }
 
@@ -236,14 +276,24 @@ pub fn config_created(config: &[u8]) -> Option<OffsetDateTime> {
 }
 
 /// Remove the tags matching a pattern that are older than a threshold.
-pub async fn clean(c: &TagClients<'_>, r: &RegistryRef, opts: &CleanOptions) -> Result<CleanReport> {
+pub async fn clean(
+    c: &TagClients<'_>,
+    r: &RegistryRef,
+    opts: &CleanOptions,
+) -> Result<CleanReport> {
     let api = c.api.resolve(r);
     let infos: Vec<TagInfo> = match api {
         TagApi::DockerHub => {
-            c.hub.ok_or_else(|| Error::input("the Docker Hub API is not configured"))?.list_tags(r.repository.as_str()).await?
+            c.hub
+                .ok_or_else(|| Error::input("the Docker Hub API is not configured"))?
+                .list_tags(r.repository.as_str())
+                .await?
         }
         TagApi::Quay => {
-            c.quay.ok_or_else(|| Error::input("the Quay API is not configured"))?.list_tags(r.repository.as_str()).await?
+            c.quay
+                .ok_or_else(|| Error::input("the Quay API is not configured"))?
+                .list_tags(r.repository.as_str())
+                .await?
         }
         TagApi::Oci | TagApi::Auto => {
             let mut v = Vec::new();
@@ -258,8 +308,15 @@ pub async fn clean(c: &TagClients<'_>, r: &RegistryRef, opts: &CleanOptions) -> 
         }
     };
     let limit = i64::try_from(opts.older_than.as_secs()).unwrap_or(i64::MAX);
-    let mut report = CleanReport { repository: r.repository_string(), tags: vec![], failed: 0 };
-    let mut matched: Vec<TagInfo> = infos.into_iter().filter(|t| opts.pattern.is_match(&t.name)).collect();
+    let mut report = CleanReport {
+        repository: r.repository_string(),
+        tags: vec![],
+        failed: 0,
+    };
+    let mut matched: Vec<TagInfo> = infos
+        .into_iter()
+        .filter(|t| opts.pattern.is_match(&t.name))
+        .collect();
     matched.sort_by(|a, b| a.name.cmp(&b.name));
     for t in matched {
         // Whole elapsed seconds (zuul-jobs compared a timedelta's seconds field,
@@ -280,7 +337,11 @@ pub async fn clean(c: &TagClients<'_>, r: &RegistryRef, opts: &CleanOptions) -> 
                 }
             },
         };
-        report.tags.push(CleanEntry { tag: t.name, age_seconds: age, result });
+        report.tags.push(CleanEntry {
+            tag: t.name,
+            age_seconds: age,
+            result,
+        });
     }
     Ok(report)
 }

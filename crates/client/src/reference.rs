@@ -19,8 +19,14 @@ use crate::error::{Error, Result};
 pub const DOCKER_HUB: &str = "docker.io";
 
 /// Transports other tools know and speculum does not, named in errors.
-const OTHER_TRANSPORTS: [&str; 6] =
-    ["docker-archive", "oci-archive", "containers-storage", "dir", "docker-daemon", "sif"];
+const OTHER_TRANSPORTS: [&str; 6] = [
+    "docker-archive",
+    "oci-archive",
+    "containers-storage",
+    "dir",
+    "docker-daemon",
+    "sif",
+];
 
 /// An image (or repository) in a registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,7 +44,12 @@ pub struct RegistryRef {
 impl RegistryRef {
     /// A reference from parts.
     pub fn new(registry: &str, repository: RepositoryName, tag: Option<Tag>) -> RegistryRef {
-        RegistryRef { registry: registry.to_string(), repository, tag, digest: None }
+        RegistryRef {
+            registry: registry.to_string(),
+            repository,
+            tag,
+            digest: None,
+        }
     }
 
     /// What goes after `/manifests/`: the digest if given, else the tag, else `latest`.
@@ -61,7 +72,11 @@ impl RegistryRef {
 
     /// The same repository with another tag and no digest.
     pub fn with_tag(&self, tag: Tag) -> RegistryRef {
-        RegistryRef { tag: Some(tag), digest: None, ..self.clone() }
+        RegistryRef {
+            tag: Some(tag),
+            digest: None,
+            ..self.clone()
+        }
     }
 
     /// Whether this names Docker Hub.
@@ -128,7 +143,10 @@ impl fmt::Display for ImageRef {
 }
 
 fn bad(input: &str, reason: impl Into<String>) -> Error {
-    Error::InvalidReference { input: input.to_string(), reason: reason.into() }
+    Error::InvalidReference {
+        input: input.to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl FromStr for ImageRef {
@@ -150,7 +168,10 @@ impl FromStr for ImageRef {
                 }
                 _ => (rest, None),
             };
-            return Ok(ImageRef::Layout(LayoutRef { dir: PathBuf::from(dir), tag }));
+            return Ok(ImageRef::Layout(LayoutRef {
+                dir: PathBuf::from(dir),
+                tag,
+            }));
         }
         Ok(ImageRef::Registry(input.parse()?))
     }
@@ -163,15 +184,19 @@ fn looks_like_host(c: &str) -> bool {
 
 fn validate_host(input: &str, host: &str) -> Result<()> {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-        let (v6, after) =
-            rest.split_once(']').ok_or_else(|| bad(input, "unterminated IPv6 literal"))?;
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or_else(|| bad(input, "unterminated IPv6 literal"))?;
         v6.parse::<std::net::Ipv6Addr>()
             .map_err(|_| bad(input, format!("invalid IPv6 address {v6:?}")))?;
         match after {
             "" => (v6, None),
             p => (
                 v6,
-                Some(p.strip_prefix(':').ok_or_else(|| bad(input, "junk after IPv6 literal"))?),
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad(input, "junk after IPv6 literal"))?,
+                ),
             ),
         }
     } else {
@@ -181,11 +206,14 @@ fn validate_host(input: &str, host: &str) -> Result<()> {
         }
     };
     if let Some(p) = port {
-        p.parse::<u16>().map_err(|_| bad(input, format!("invalid port {p:?}")))?;
+        p.parse::<u16>()
+            .map_err(|_| bad(input, format!("invalid port {p:?}")))?;
     }
     if !host.starts_with('[')
         && (name.is_empty()
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
     {
         return Err(bad(input, format!("invalid registry host {name:?}")));
     }
@@ -203,15 +231,19 @@ impl FromStr for RegistryRef {
         if let Some((t, _)) = s.split_once(':')
             && OTHER_TRANSPORTS.contains(&t)
         {
-            return Err(bad(input, format!("unsupported transport {t:?} (use docker:// or oci:)")));
+            return Err(bad(
+                input,
+                format!("unsupported transport {t:?} (use docker:// or oci:)"),
+            ));
         }
         if s.is_empty() {
             return Err(bad(input, "empty reference"));
         }
         let (name_tag, digest) = match s.rsplit_once('@') {
-            Some((n, d)) => {
-                (n, Some(d.parse::<Digest>().map_err(|e| bad(input, e.to_string()))?))
-            }
+            Some((n, d)) => (
+                n,
+                Some(d.parse::<Digest>().map_err(|e| bad(input, e.to_string()))?),
+            ),
             None => (s, None),
         };
         let (registry, rest) = match name_tag.split_once('/') {
@@ -222,9 +254,10 @@ impl FromStr for RegistryRef {
             _ => (DOCKER_HUB.to_string(), name_tag),
         };
         let (repo, tag) = match rest.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => {
-                (r, Some(t.parse::<Tag>().map_err(|e| bad(input, e.to_string()))?))
-            }
+            Some((r, t)) if !t.contains('/') => (
+                r,
+                Some(t.parse::<Tag>().map_err(|e| bad(input, e.to_string()))?),
+            ),
             _ => (rest, None),
         };
         let registry = match registry.as_str() {
@@ -238,10 +271,15 @@ impl FromStr for RegistryRef {
         } else {
             repo.to_string()
         };
-        let repository: RepositoryName = repo.parse().map_err(|e: speculum_oci::Error| {
-            bad(input, e.to_string())
-        })?;
-        Ok(RegistryRef { registry, repository, tag, digest })
+        let repository: RepositoryName = repo
+            .parse()
+            .map_err(|e: speculum_oci::Error| bad(input, e.to_string()))?;
+        Ok(RegistryRef {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 }
 
@@ -279,9 +317,18 @@ mod tests {
         let r = reg("ubuntu");
         assert_eq!(r.to_string(), "docker.io/library/ubuntu");
         assert_eq!(r.reference(), "latest");
-        assert_eq!(reg("docker.io/ubuntu:22.04").to_string(), "docker.io/library/ubuntu:22.04");
-        assert_eq!(reg("index.docker.io/myorg/app").to_string(), "docker.io/myorg/app");
-        assert_eq!(reg("docker://myorg/app:1").to_string(), "docker.io/myorg/app:1");
+        assert_eq!(
+            reg("docker.io/ubuntu:22.04").to_string(),
+            "docker.io/library/ubuntu:22.04"
+        );
+        assert_eq!(
+            reg("index.docker.io/myorg/app").to_string(),
+            "docker.io/myorg/app"
+        );
+        assert_eq!(
+            reg("docker://myorg/app:1").to_string(),
+            "docker.io/myorg/app:1"
+        );
         assert_eq!(reg("quay.io/org/app:v1").registry, "quay.io");
         assert_eq!(reg("localhost/app").registry, "localhost");
     }
@@ -307,10 +354,14 @@ mod tests {
 
     #[test]
     fn layouts() {
-        let ImageRef::Layout(l) = "oci:/tmp/x:v1".parse().unwrap() else { panic!() };
+        let ImageRef::Layout(l) = "oci:/tmp/x:v1".parse().unwrap() else {
+            panic!()
+        };
         assert_eq!(l.dir, PathBuf::from("/tmp/x"));
         assert_eq!(l.tag.as_deref(), Some("v1"));
-        let ImageRef::Layout(l) = "oci:rel/dir".parse().unwrap() else { panic!() };
+        let ImageRef::Layout(l) = "oci:rel/dir".parse().unwrap() else {
+            panic!()
+        };
         assert_eq!(l.tag, None);
         assert_eq!(l.dir, PathBuf::from("rel/dir"));
     }
@@ -330,7 +381,10 @@ mod tests {
             "oci:",
             "a:b:c",
         ] {
-            assert!(bad.parse::<ImageRef>().is_err(), "{bad:?} should be rejected");
+            assert!(
+                bad.parse::<ImageRef>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert!(parse_repository("a/b:t").is_err());
         assert!(parse_repository("localhost:5000/a/b").is_ok());

@@ -16,7 +16,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
-use speculum_oci::{Digest, ErrorBody, RepositoryName, manifest::MAX_MANIFEST_SIZE, media_type, paths};
+use speculum_oci::{
+    Digest, ErrorBody, RepositoryName, manifest::MAX_MANIFEST_SIZE, media_type, paths,
+};
 use tokio::sync::Mutex;
 
 use crate::auth::{Challenge, Credentials, TokenResponse};
@@ -59,7 +61,9 @@ fn certs_d_pems(dirs: &[PathBuf], registry: &str) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     for dir in dirs {
         let d = dir.join(registry);
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "crt"))
@@ -106,7 +110,10 @@ impl Scope {
 enum AuthState {
     Unknown,
     Basic,
-    Bearer { realm: String, service: Option<String> },
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
 }
 
 struct CachedToken {
@@ -146,12 +153,17 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("name", &self.name).field("base", &self.base.as_str()).finish()
+        f.debug_struct("Registry")
+            .field("name", &self.name)
+            .field("base", &self.base.as_str())
+            .finish()
     }
 }
 
 fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(|s| s.to_string())
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string())
 }
 
 /// Build a reqwest client trusting the system roots plus `ca_pems`.
@@ -174,13 +186,18 @@ pub fn http_client(ca_pems: &[Vec<u8>]) -> Result<reqwest::Client> {
     if !certs.is_empty() {
         b = b.tls_certs_merge(certs);
     }
-    b.build().map_err(|e| Error::Tls(format!("cannot build the HTTP client: {e}")))
+    b.build()
+        .map_err(|e| Error::Tls(format!("cannot build the HTTP client: {e}")))
 }
 
 impl Registry {
     /// A client for `registry` (`host[:port]`, `docker.io` for Docker Hub).
     pub fn new(registry: &str, opts: RegistryOptions) -> Result<Registry> {
-        let host = if registry == DOCKER_HUB { "registry-1.docker.io" } else { registry };
+        let host = if registry == DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
         let scheme = if opts.insecure { "http" } else { "https" };
         let base = Url::parse(&format!("{scheme}://{host}/"))
             .map_err(|e| Error::input(format!("invalid registry {registry:?}: {e}")))?;
@@ -211,15 +228,29 @@ impl Registry {
     }
 
     fn url(&self, path: &str) -> Result<Url> {
-        self.base.join(path).map_err(|e| Error::input(format!("invalid path {path:?}: {e}")))
+        self.base
+            .join(path)
+            .map_err(|e| Error::input(format!("invalid path {path:?}: {e}")))
     }
 
-    pub(crate) fn registry_error(&self, method: &Method, url: &Url, status: StatusCode, body: &[u8]) -> Error {
+    pub(crate) fn registry_error(
+        &self,
+        method: &Method,
+        url: &Url,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Error {
         let detail = match serde_json::from_slice::<ErrorBody>(body) {
             Ok(b) if !b.errors.is_empty() => b
                 .errors
                 .iter()
-                .map(|e| if e.message.is_empty() { e.code.clone() } else { format!("{}: {}", e.code, e.message) })
+                .map(|e| {
+                    if e.message.is_empty() {
+                        e.code.clone()
+                    } else {
+                        format!("{}: {}", e.code, e.message)
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("; "),
             _ => {
@@ -243,7 +274,11 @@ impl Registry {
     }
 
     /// Turn a non-success response into an error, reading a bounded body.
-    pub(crate) async fn check(&self, method: &Method, resp: reqwest::Response) -> Result<reqwest::Response> {
+    pub(crate) async fn check(
+        &self,
+        method: &Method,
+        resp: reqwest::Response,
+    ) -> Result<reqwest::Response> {
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -258,7 +293,9 @@ impl Registry {
                     (None, Error::Registry { detail, .. }) => {
                         format!("{detail} (no credentials given or found for {})", self.name)
                     }
-                    (Some(_), Error::Registry { detail, .. }) => format!("{detail} (credentials rejected)"),
+                    (Some(_), Error::Registry { detail, .. }) => {
+                        format!("{detail} (credentials rejected)")
+                    }
                     (_, other) => other.to_string(),
                 },
             });
@@ -287,7 +324,9 @@ impl Registry {
                         return Ok(Some(format!("Bearer {}", t.token)));
                     }
                 }
-                let token = self.fetch_token(&realm, service.as_deref(), scopes, None).await?;
+                let token = self
+                    .fetch_token(&realm, service.as_deref(), scopes, None)
+                    .await?;
                 Ok(Some(format!("Bearer {token}")))
             }
         }
@@ -300,8 +339,12 @@ impl Registry {
         scopes: &[Scope],
         extra_scope: Option<&str>,
     ) -> Result<String> {
-        let auth_err = |reason: String| Error::Auth { registry: self.name.clone(), reason };
-        let mut url = Url::parse(realm).map_err(|e| auth_err(format!("invalid token realm {realm:?}: {e}")))?;
+        let auth_err = |reason: String| Error::Auth {
+            registry: self.name.clone(),
+            reason,
+        };
+        let mut url = Url::parse(realm)
+            .map_err(|e| auth_err(format!("invalid token realm {realm:?}: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -321,11 +364,21 @@ impl Registry {
         if let Some(c) = &self.credentials {
             req = req.header(header::AUTHORIZATION, c.basic_header());
         }
-        let resp = req.send().await.map_err(|e| Error::Transport { registry: realm_host(&url), source: e })?;
+        let resp = req.send().await.map_err(|e| Error::Transport {
+            registry: realm_host(&url),
+            source: e,
+        })?;
         let status = resp.status();
         if !status.is_success() {
-            let what = if self.credentials.is_some() { "credentials rejected" } else { "no credentials given or found" };
-            return Err(auth_err(format!("token server {} answered {status} ({what})", realm_host(&url))));
+            let what = if self.credentials.is_some() {
+                "credentials rejected"
+            } else {
+                "no credentials given or found"
+            };
+            return Err(auth_err(format!(
+                "token server {} answered {status} ({what})",
+                realm_host(&url)
+            )));
         }
         let body = read_limited(resp, 1024 * 1024).await?;
         let t: TokenResponse = serde_json::from_slice(&body)
@@ -339,7 +392,10 @@ impl Registry {
         let life = t.expires_in.unwrap_or(60).max(20);
         self.tokens.lock().await.insert(
             Self::scope_key(scopes),
-            CachedToken { token: token.clone(), expires: Instant::now() + Duration::from_secs(life - 10) },
+            CachedToken {
+                token: token.clone(),
+                expires: Instant::now() + Duration::from_secs(life - 10),
+            },
         );
         Ok(token)
     }
@@ -352,12 +408,22 @@ impl Registry {
             .filter_map(|v| v.to_str().ok())
             .filter_map(Challenge::parse)
             .collect();
-        let bearer = challenges.iter().find(|c| matches!(c, Challenge::Bearer { .. }));
+        let bearer = challenges
+            .iter()
+            .find(|c| matches!(c, Challenge::Bearer { .. }));
         match bearer.or(challenges.first()) {
-            Some(Challenge::Bearer { realm, service, scope }) => {
-                *self.state.lock().await = AuthState::Bearer { realm: realm.clone(), service: service.clone() };
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
+                *self.state.lock().await = AuthState::Bearer {
+                    realm: realm.clone(),
+                    service: service.clone(),
+                };
                 self.tokens.lock().await.remove(&Self::scope_key(scopes));
-                self.fetch_token(realm, service.as_deref(), scopes, scope.as_deref()).await?;
+                self.fetch_token(realm, service.as_deref(), scopes, scope.as_deref())
+                    .await?;
                 Ok(true)
             }
             Some(Challenge::Basic) => {
@@ -382,7 +448,10 @@ impl Registry {
         let mut challenged = false;
         loop {
             attempt += 1;
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             let sent_auth = self.authorization(scopes).await?;
             if let Some(a) = &sent_auth {
                 req = req.header(header::AUTHORIZATION, a);
@@ -393,7 +462,10 @@ impl Registry {
             match req.send().await {
                 Err(e) => {
                     if attempt >= self.attempts {
-                        return Err(Error::Transport { registry: self.name.clone(), source: e });
+                        return Err(Error::Transport {
+                            registry: self.name.clone(),
+                            source: e,
+                        });
                     }
                     tracing::warn!(registry = %self.name, %method, path = url.path(), error = %e, attempt, "request failed, retrying");
                     backoff(attempt, None).await;
@@ -411,10 +483,12 @@ impl Registry {
                     attempt -= 1;
                 }
                 Ok(resp)
-                    if (resp.status().is_server_error() || resp.status() == StatusCode::TOO_MANY_REQUESTS)
+                    if (resp.status().is_server_error()
+                        || resp.status() == StatusCode::TOO_MANY_REQUESTS)
                         && attempt < self.attempts =>
                 {
-                    let retry_after = header_str(resp.headers(), header::RETRY_AFTER).and_then(|s| s.parse::<u64>().ok());
+                    let retry_after = header_str(resp.headers(), header::RETRY_AFTER)
+                        .and_then(|s| s.parse::<u64>().ok());
                     tracing::warn!(registry = %self.name, %method, path = url.path(), status = resp.status().as_u16(), attempt, "retrying");
                     backoff(attempt, retry_after).await;
                 }
@@ -433,23 +507,38 @@ impl Registry {
         body: Option<Bytes>,
     ) -> Result<reqwest::Response> {
         let url = self.url(path)?;
-        let resp = self.send_raw(method.clone(), url, scopes, headers, body).await?;
+        let resp = self
+            .send_raw(method.clone(), url, scopes, headers, body)
+            .await?;
         self.check(&method, resp).await
     }
 
     /// `GET /v2/`: checks that the registry answers and the credentials work.
     pub async fn ping(&self) -> Result<()> {
-        self.send(Method::GET, paths::base(), &[], HeaderMap::new(), None).await?;
+        self.send(Method::GET, paths::base(), &[], HeaderMap::new(), None)
+            .await?;
         Ok(())
     }
 
     /// GET a manifest's exact bytes, checking them against the digest.
-    pub async fn get_manifest(&self, repo: &RepositoryName, reference: &str) -> Result<RawManifest> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &str,
+    ) -> Result<RawManifest> {
         let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&media_type::accept_all_manifests()) {
             h.insert(header::ACCEPT, v);
         }
-        let resp = self.send(Method::GET, &paths::manifest(repo, reference), &[Scope::pull(repo)], h, None).await?;
+        let resp = self
+            .send(
+                Method::GET,
+                &paths::manifest(repo, reference),
+                &[Scope::pull(repo)],
+                h,
+                None,
+            )
+            .await?;
         let content_type = header_str(resp.headers(), header::CONTENT_TYPE);
         let header_digest = header_str(resp.headers(), "docker-content-digest");
         let bytes = read_limited(resp, MAX_MANIFEST_SIZE as u64).await?;
@@ -462,28 +551,43 @@ impl Registry {
             Some(d) => {
                 let actual = Digest::of(d.algorithm(), &bytes);
                 if actual != d {
-                    return Err(Error::DigestMismatch { expected: d.to_string(), actual: actual.to_string() });
+                    return Err(Error::DigestMismatch {
+                        expected: d.to_string(),
+                        actual: actual.to_string(),
+                    });
                 }
                 d
             }
             None => Digest::sha256(&bytes),
         };
-        Ok(RawManifest { bytes, media_type: info.media_type, digest })
+        Ok(RawManifest {
+            bytes,
+            media_type: info.media_type,
+            digest,
+        })
     }
 
     /// HEAD a manifest: its digest and media type, or `None` if unknown.
-    pub async fn head_manifest(&self, repo: &RepositoryName, reference: &str) -> Result<Option<(Digest, String)>> {
+    pub async fn head_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &str,
+    ) -> Result<Option<(Digest, String)>> {
         let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&media_type::accept_all_manifests()) {
             h.insert(header::ACCEPT, v);
         }
         let url = self.url(&paths::manifest(repo, reference))?;
-        let resp = self.send_raw(Method::HEAD, url, &[Scope::pull(repo)], h, None).await?;
+        let resp = self
+            .send_raw(Method::HEAD, url, &[Scope::pull(repo)], h, None)
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         let resp = self.check(&Method::HEAD, resp).await?;
-        let ct = header_str(resp.headers(), header::CONTENT_TYPE).map(|c| media_type::essence(&c)).unwrap_or_default();
+        let ct = header_str(resp.headers(), header::CONTENT_TYPE)
+            .map(|c| media_type::essence(&c))
+            .unwrap_or_default();
         match header_str(resp.headers(), "docker-content-digest").and_then(|d| d.parse().ok()) {
             Some(d) => Ok(Some((d, ct))),
             // Some registries omit the header on HEAD: fall back to GET.
@@ -503,23 +607,50 @@ impl Registry {
         media_type: &str,
     ) -> Result<Option<Digest>> {
         let mut h = HeaderMap::new();
-        let ct = HeaderValue::from_str(media_type).map_err(|_| Error::input(format!("invalid media type {media_type:?}")))?;
+        let ct = HeaderValue::from_str(media_type)
+            .map_err(|_| Error::input(format!("invalid media type {media_type:?}")))?;
         h.insert(header::CONTENT_TYPE, ct);
-        let resp = self.send(Method::PUT, &paths::manifest(repo, reference), &[Scope::push(repo)], h, Some(bytes)).await?;
+        let resp = self
+            .send(
+                Method::PUT,
+                &paths::manifest(repo, reference),
+                &[Scope::push(repo)],
+                h,
+                Some(bytes),
+            )
+            .await?;
         Ok(header_str(resp.headers(), "docker-content-digest").and_then(|d| d.parse().ok()))
     }
 
     /// DELETE a manifest by tag or digest. Returns the raw response so the
     /// caller can tell "unsupported" from other failures.
-    pub async fn delete_manifest(&self, repo: &RepositoryName, reference: &str) -> Result<reqwest::Response> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &str,
+    ) -> Result<reqwest::Response> {
         let url = self.url(&paths::manifest(repo, reference))?;
-        self.send_raw(Method::DELETE, url, &[Scope::delete(repo)], HeaderMap::new(), None).await
+        self.send_raw(
+            Method::DELETE,
+            url,
+            &[Scope::delete(repo)],
+            HeaderMap::new(),
+            None,
+        )
+        .await
     }
 
     /// Whether the registry has the blob (HEAD), with the size it reports.
-    pub async fn has_blob(&self, repo: &RepositoryName, digest: &Digest, scopes: &[Scope]) -> Result<bool> {
+    pub async fn has_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        scopes: &[Scope],
+    ) -> Result<bool> {
         let url = self.url(&paths::blob(repo, digest))?;
-        let resp = self.send_raw(Method::HEAD, url, scopes, HeaderMap::new(), None).await?;
+        let resp = self
+            .send_raw(Method::HEAD, url, scopes, HeaderMap::new(), None)
+            .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(false);
         }
@@ -529,42 +660,91 @@ impl Registry {
 
     /// GET a blob as a stream (not verified here; the copy verifies).
     pub async fn get_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<ByteStream> {
-        let resp = self.send(Method::GET, &paths::blob(repo, digest), &[Scope::pull(repo)], HeaderMap::new(), None).await?;
+        let resp = self
+            .send(
+                Method::GET,
+                &paths::blob(repo, digest),
+                &[Scope::pull(repo)],
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
         let name = self.name.clone();
-        Ok(Box::pin(resp.bytes_stream().map_err(move |e| Error::Transport { registry: name.clone(), source: e })))
+        Ok(Box::pin(resp.bytes_stream().map_err(move |e| {
+            Error::Transport {
+                registry: name.clone(),
+                source: e,
+            }
+        })))
     }
 
     /// GET a small blob fully (configs), verified.
-    pub async fn get_blob_bytes(&self, repo: &RepositoryName, digest: &Digest, limit: u64) -> Result<Bytes> {
-        let resp = self.send(Method::GET, &paths::blob(repo, digest), &[Scope::pull(repo)], HeaderMap::new(), None).await?;
+    pub async fn get_blob_bytes(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        limit: u64,
+    ) -> Result<Bytes> {
+        let resp = self
+            .send(
+                Method::GET,
+                &paths::blob(repo, digest),
+                &[Scope::pull(repo)],
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
         let b = read_limited(resp, limit).await?;
         let actual = Digest::of(digest.algorithm(), &b);
         if actual != *digest {
-            return Err(Error::DigestMismatch { expected: digest.to_string(), actual: actual.to_string() });
+            return Err(Error::DigestMismatch {
+                expected: digest.to_string(),
+                actual: actual.to_string(),
+            });
         }
         Ok(b)
     }
 
     /// Start an upload, asking for a cross-repository mount from `from` first.
-    pub async fn start_upload(&self, repo: &RepositoryName, mount: Option<(&RepositoryName, &Digest)>) -> Result<UploadStart> {
+    pub async fn start_upload(
+        &self,
+        repo: &RepositoryName,
+        mount: Option<(&RepositoryName, &Digest)>,
+    ) -> Result<UploadStart> {
         let mut url = self.url(&paths::uploads(repo))?;
         let mut scopes = vec![Scope::push(repo)];
         if let Some((from, digest)) = mount {
-            url.query_pairs_mut().append_pair("mount", &digest.to_string()).append_pair("from", from.as_str());
+            url.query_pairs_mut()
+                .append_pair("mount", &digest.to_string())
+                .append_pair("from", from.as_str());
             scopes.push(Scope::pull(from));
         }
-        let resp = self.send_raw(Method::POST, url, &scopes, HeaderMap::new(), Some(Bytes::new())).await?;
+        let resp = self
+            .send_raw(
+                Method::POST,
+                url,
+                &scopes,
+                HeaderMap::new(),
+                Some(Bytes::new()),
+            )
+            .await?;
         let resp = self.check(&Method::POST, resp).await?;
         if resp.status() == StatusCode::CREATED && mount.is_some() {
             return Ok(UploadStart::Mounted);
         }
-        let loc = header_str(resp.headers(), header::LOCATION)
-            .ok_or_else(|| Error::Unsupported(format!("{} opened an upload without a Location", self.name)))?;
+        let loc = header_str(resp.headers(), header::LOCATION).ok_or_else(|| {
+            Error::Unsupported(format!("{} opened an upload without a Location", self.name))
+        })?;
         Ok(UploadStart::Session(self.resolve(resp.url(), &loc)?))
     }
 
     fn resolve(&self, from: &Url, location: &str) -> Result<Url> {
-        from.join(location).map_err(|e| Error::Unsupported(format!("{} sent an invalid Location {location:?}: {e}", self.name)))
+        from.join(location).map_err(|e| {
+            Error::Unsupported(format!(
+                "{} sent an invalid Location {location:?}: {e}",
+                self.name
+            ))
+        })
     }
 
     /// Finish an upload session with the whole blob streamed in one PUT.
@@ -577,7 +757,8 @@ impl Registry {
         body: ByteStream,
     ) -> Result<()> {
         let mut url = session;
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let mut req = self
             .http
             .put(url.clone())
@@ -615,28 +796,52 @@ impl Registry {
                 let data = buf.split().freeze();
                 let end = offset + data.len() as u64 - 1;
                 let mut h = HeaderMap::new();
-                h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 if let Ok(v) = HeaderValue::from_str(&format!("{offset}-{end}")) {
                     h.insert(header::CONTENT_RANGE, v);
                 }
                 let n = data.len() as u64;
-                let resp = self.send_raw(Method::PATCH, url.clone(), &scopes, h, Some(data)).await?;
+                let resp = self
+                    .send_raw(Method::PATCH, url.clone(), &scopes, h, Some(data))
+                    .await?;
                 let resp = self.check(&Method::PATCH, resp).await?;
-                let loc = header_str(resp.headers(), header::LOCATION)
-                    .ok_or_else(|| Error::Unsupported(format!("{} sent no Location after a chunk", self.name)))?;
+                let loc = header_str(resp.headers(), header::LOCATION).ok_or_else(|| {
+                    Error::Unsupported(format!("{} sent no Location after a chunk", self.name))
+                })?;
                 url = self.resolve(resp.url(), &loc)?;
                 offset += n;
             }
         }
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
-        let resp = self.send_raw(Method::PUT, url, &scopes, HeaderMap::new(), Some(Bytes::new())).await?;
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let resp = self
+            .send_raw(
+                Method::PUT,
+                url,
+                &scopes,
+                HeaderMap::new(),
+                Some(Bytes::new()),
+            )
+            .await?;
         self.check(&Method::PUT, resp).await?;
         Ok(())
     }
 
     /// Cancel an upload session (best effort).
     pub async fn cancel_upload(&self, repo: &RepositoryName, session: Url) {
-        if let Err(e) = self.send_raw(Method::DELETE, session, &[Scope::push(repo)], HeaderMap::new(), None).await {
+        if let Err(e) = self
+            .send_raw(
+                Method::DELETE,
+                session,
+                &[Scope::push(repo)],
+                HeaderMap::new(),
+                None,
+            )
+            .await
+        {
             tracing::debug!(registry = %self.name, error = %e, "cancelling an upload failed");
         }
     }
@@ -652,7 +857,15 @@ impl Registry {
         let mut url = self.url(&paths::tags(repo))?;
         url.query_pairs_mut().append_pair("n", "1000");
         for _ in 0..10_000 {
-            let resp = self.send_raw(Method::GET, url.clone(), &[Scope::pull(repo)], HeaderMap::new(), None).await?;
+            let resp = self
+                .send_raw(
+                    Method::GET,
+                    url.clone(),
+                    &[Scope::pull(repo)],
+                    HeaderMap::new(),
+                    None,
+                )
+                .await?;
             if resp.status() == StatusCode::NOT_FOUND {
                 let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
                 if out.is_empty() {
@@ -669,8 +882,9 @@ impl Registry {
             let next = header_str(resp.headers(), header::LINK).and_then(|l| parse_next_link(&l));
             let page_url = resp.url().clone();
             let body = read_limited(resp, 64 * 1024 * 1024).await?;
-            let list: TagList = serde_json::from_slice(&body)
-                .map_err(|e| Error::Unsupported(format!("{} sent an invalid tag list: {e}", self.name)))?;
+            let list: TagList = serde_json::from_slice(&body).map_err(|e| {
+                Error::Unsupported(format!("{} sent an invalid tag list: {e}", self.name))
+            })?;
             out.extend(list.tags.unwrap_or_default());
             match next {
                 Some(n) => url = self.resolve(&page_url, &n)?,
@@ -696,18 +910,28 @@ fn stream_error(registry: &str, e: reqwest::Error) -> Error {
     while let Some(s) = src {
         if let Some(inner) = s.downcast_ref::<Error>() {
             return match inner {
-                Error::DigestMismatch { expected, actual } => {
-                    Error::DigestMismatch { expected: expected.clone(), actual: actual.clone() }
-                }
-                Error::SizeMismatch { digest, expected, actual } => {
-                    Error::SizeMismatch { digest: digest.clone(), expected: *expected, actual: *actual }
-                }
+                Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
+                    expected: expected.clone(),
+                    actual: actual.clone(),
+                },
+                Error::SizeMismatch {
+                    digest,
+                    expected,
+                    actual,
+                } => Error::SizeMismatch {
+                    digest: digest.clone(),
+                    expected: *expected,
+                    actual: *actual,
+                },
                 other => Error::Unsupported(other.to_string()),
             };
         }
         src = s.source();
     }
-    Error::Transport { registry: registry.to_string(), source: e }
+    Error::Transport {
+        registry: registry.to_string(),
+        source: e,
+    }
 }
 
 /// `<url>; rel="next"` from a `Link` header.
@@ -715,7 +939,13 @@ fn parse_next_link(link: &str) -> Option<String> {
     for part in link.split(',') {
         let (target, params) = part.split_once(';')?;
         if params.contains("rel=\"next\"") || params.contains("rel=next") {
-            return Some(target.trim().trim_start_matches('<').trim_end_matches('>').to_string());
+            return Some(
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string(),
+            );
         }
     }
     None
@@ -725,14 +955,21 @@ fn parse_next_link(link: &str) -> Option<String> {
 pub(crate) async fn read_limited(resp: reqwest::Response, limit: u64) -> Result<Bytes> {
     let host = resp.url().host_str().unwrap_or("").to_string();
     if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(Error::Unsupported(format!("{host} sent a body larger than {limit} bytes")));
+        return Err(Error::Unsupported(format!(
+            "{host} sent a body larger than {limit} bytes"
+        )));
     }
     let mut out = bytes::BytesMut::new();
     let mut s = resp.bytes_stream();
     while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(|e| Error::Transport { registry: host.clone(), source: e })?;
+        let chunk = chunk.map_err(|e| Error::Transport {
+            registry: host.clone(),
+            source: e,
+        })?;
         if out.len() as u64 + chunk.len() as u64 > limit {
-            return Err(Error::Unsupported(format!("{host} sent a body larger than {limit} bytes")));
+            return Err(Error::Unsupported(format!(
+                "{host} sent a body larger than {limit} bytes"
+            )));
         }
         out.extend_from_slice(&chunk);
     }

@@ -27,13 +27,23 @@ pub struct TagInfo {
 
 fn api_error(api: &str, what: &str, status: StatusCode, body: &Bytes) -> Error {
     let text = String::from_utf8_lossy(body);
-    let short: String = text.lines().next().unwrap_or("").chars().take(200).collect();
+    let short: String = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
     Error::Registry {
         registry: api.to_string(),
         method: String::new(),
         path: what.to_string(),
         status: status.as_u16(),
-        detail: if short.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { short },
+        detail: if short.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            short
+        },
     }
 }
 
@@ -51,7 +61,8 @@ fn join(base: &Url, path: &str) -> Result<Url> {
         let p = format!("{}/", b.path());
         b.set_path(&p);
     }
-    b.join(path.trim_start_matches('/')).map_err(|e| Error::input(format!("invalid API URL: {e}")))
+    b.join(path.trim_start_matches('/'))
+        .map_err(|e| Error::input(format!("invalid API URL: {e}")))
 }
 
 /// A Docker Hub API client, logged in lazily.
@@ -65,9 +76,19 @@ pub struct DockerHub {
 
 impl DockerHub {
     /// A client for the Hub API at `base` (normally [`HUB_URL`]).
-    pub fn new(base: &str, http: reqwest::Client, credentials: Option<Credentials>) -> Result<DockerHub> {
-        let base = Url::parse(base).map_err(|e| Error::input(format!("invalid Docker Hub URL {base:?}: {e}")))?;
-        Ok(DockerHub { base, http, credentials, token: tokio::sync::Mutex::new(None) })
+    pub fn new(
+        base: &str,
+        http: reqwest::Client,
+        credentials: Option<Credentials>,
+    ) -> Result<DockerHub> {
+        let base = Url::parse(base)
+            .map_err(|e| Error::input(format!("invalid Docker Hub URL {base:?}: {e}")))?;
+        Ok(DockerHub {
+            base,
+            http,
+            credentials,
+            token: tokio::sync::Mutex::new(None),
+        })
     }
 
     fn name(&self) -> String {
@@ -81,9 +102,13 @@ impl DockerHub {
         }
         let c = self.credentials.as_ref().ok_or_else(|| Error::Auth {
             registry: self.name(),
-            reason: "Docker Hub's API needs credentials (--creds, an auth file or environment)".into(),
+            reason: "Docker Hub's API needs credentials (--creds, an auth file or environment)"
+                .into(),
         })?;
-        let transport = |e| Error::Transport { registry: self.name(), source: e };
+        let transport = |e| Error::Transport {
+            registry: self.name(),
+            source: e,
+        };
         // Current endpoint first; the legacy one for older deployments.
         let url = join(&self.base, "/v2/auth/token")?;
         let resp = self
@@ -105,15 +130,24 @@ impl DockerHub {
                 .map_err(transport)?;
             let (status, body) = (resp.status(), read_limited(resp, 1 << 20).await?);
             if !status.is_success() {
-                return Err(Error::Auth { registry: self.name(), reason: format!("login answered {status}") });
+                return Err(Error::Auth {
+                    registry: self.name(),
+                    reason: format!("login answered {status}"),
+                });
             }
             token_field(&body, "token")
         } else if status.is_success() {
             token_field(&body, "access_token")
         } else {
-            return Err(Error::Auth { registry: self.name(), reason: format!("login answered {status}") });
+            return Err(Error::Auth {
+                registry: self.name(),
+                reason: format!("login answered {status}"),
+            });
         };
-        let token = token.ok_or_else(|| Error::Auth { registry: self.name(), reason: "login sent no token".into() })?;
+        let token = token.ok_or_else(|| Error::Auth {
+            registry: self.name(),
+            reason: "login sent no token".into(),
+        })?;
         *guard = Some(token.clone());
         Ok(token)
     }
@@ -128,12 +162,17 @@ impl DockerHub {
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .send()
             .await
-            .map_err(|e| Error::Transport { registry: self.name(), source: e })?;
+            .map_err(|e| Error::Transport {
+                registry: self.name(),
+                source: e,
+            })?;
         let status = resp.status();
         let body = read_limited(resp, 1 << 20).await.unwrap_or_default();
         match status {
             s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(Error::NotFound(format!("tag {tag} of docker.io/{repository}"))),
+            StatusCode::NOT_FOUND => Err(Error::NotFound(format!(
+                "tag {tag} of docker.io/{repository}"
+            ))),
             s => Err(api_error(&self.name(), &path, s, &body)),
         }
     }
@@ -153,7 +192,11 @@ impl DockerHub {
             #[serde(default)]
             last_updated: Option<String>,
         }
-        let token = if self.credentials.is_some() { Some(self.login().await?) } else { None };
+        let token = if self.credentials.is_some() {
+            Some(self.login().await?)
+        } else {
+            None
+        };
         let mut url = join(&self.base, &format!("/v2/repositories/{repository}/tags"))?;
         url.query_pairs_mut().append_pair("page_size", "100");
         let mut out = Vec::new();
@@ -162,20 +205,29 @@ impl DockerHub {
             if let Some(t) = &token {
                 req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
             }
-            let resp = req.send().await.map_err(|e| Error::Transport { registry: self.name(), source: e })?;
+            let resp = req.send().await.map_err(|e| Error::Transport {
+                registry: self.name(),
+                source: e,
+            })?;
             let status = resp.status();
             let body = read_limited(resp, 64 << 20).await?;
             if !status.is_success() {
                 return Err(api_error(&self.name(), url.path(), status, &body));
             }
-            let page: Page = serde_json::from_slice(&body)
-                .map_err(|e| Error::Unsupported(format!("{} sent an invalid tag page: {e}", self.name())))?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                Error::Unsupported(format!("{} sent an invalid tag page: {e}", self.name()))
+            })?;
             out.extend(page.results.into_iter().map(|e| TagInfo {
                 updated: e.last_updated.as_deref().and_then(parse_rfc3339),
                 name: e.name,
             }));
             match page.next.filter(|n| !n.is_empty()) {
-                Some(n) => url = self.base.join(&n).map_err(|e| Error::input(format!("invalid next page: {e}")))?,
+                Some(n) => {
+                    url = self
+                        .base
+                        .join(&n)
+                        .map_err(|e| Error::input(format!("invalid next page: {e}")))?
+                }
                 None => break,
             }
         }
@@ -185,7 +237,10 @@ impl DockerHub {
 
 fn token_field(body: &[u8], field: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get(field).and_then(|t| t.as_str()).filter(|t| !t.is_empty()).map(str::to_string)
+    v.get(field)
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
@@ -203,7 +258,8 @@ pub struct Quay {
 impl Quay {
     /// A client for the Quay API at `base` (normally `https://<registry>`).
     pub fn new(base: &str, http: reqwest::Client, token: Option<String>) -> Result<Quay> {
-        let base = Url::parse(base).map_err(|e| Error::input(format!("invalid Quay URL {base:?}: {e}")))?;
+        let base = Url::parse(base)
+            .map_err(|e| Error::input(format!("invalid Quay URL {base:?}: {e}")))?;
         Ok(Quay { base, http, token })
     }
 
@@ -223,7 +279,8 @@ impl Quay {
         if self.token.is_none() {
             return Err(Error::Auth {
                 registry: self.name(),
-                reason: "Quay's API needs an application token (--quay-token or QUAY_API_TOKEN)".into(),
+                reason: "Quay's API needs an application token (--quay-token or QUAY_API_TOKEN)"
+                    .into(),
             });
         }
         let path = format!("/api/v1/repository/{repository}/tag/{tag}");
@@ -231,15 +288,22 @@ impl Quay {
             .authed(self.http.delete(join(&self.base, &path)?))
             .send()
             .await
-            .map_err(|e| Error::Transport { registry: self.name(), source: e })?;
+            .map_err(|e| Error::Transport {
+                registry: self.name(),
+                source: e,
+            })?;
         let status = resp.status();
         let body = read_limited(resp, 1 << 20).await.unwrap_or_default();
         match status {
             s if s.is_success() => Ok(()),
-            StatusCode::NOT_FOUND => Err(Error::NotFound(format!("tag {tag} of {}/{repository}", self.name()))),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(Error::Auth { registry: self.name(), reason: format!("{status} deleting tag {tag}") })
-            }
+            StatusCode::NOT_FOUND => Err(Error::NotFound(format!(
+                "tag {tag} of {}/{repository}",
+                self.name()
+            ))),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Error::Auth {
+                registry: self.name(),
+                reason: format!("{status} deleting tag {tag}"),
+            }),
             s => Err(api_error(&self.name(), &path, s, &body)),
         }
     }
@@ -272,20 +336,26 @@ impl Quay {
                 .authed(self.http.get(url.clone()))
                 .send()
                 .await
-                .map_err(|e| Error::Transport { registry: self.name(), source: e })?;
+                .map_err(|e| Error::Transport {
+                    registry: self.name(),
+                    source: e,
+                })?;
             let status = resp.status();
             let body = read_limited(resp, 64 << 20).await?;
             if !status.is_success() {
                 return Err(api_error(&self.name(), url.path(), status, &body));
             }
-            let page: Page = serde_json::from_slice(&body)
-                .map_err(|e| Error::Unsupported(format!("{} sent an invalid tag page: {e}", self.name())))?;
-            out.extend(page.tags.into_iter().map(|e| TagInfo {
-                updated: e
-                    .start_ts
-                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-                    .or_else(|| e.last_modified.as_deref().and_then(parse_rfc2822)),
-                name: e.name,
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                Error::Unsupported(format!("{} sent an invalid tag page: {e}", self.name()))
+            })?;
+            out.extend(page.tags.into_iter().map(|e| {
+                TagInfo {
+                    updated: e
+                        .start_ts
+                        .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+                        .or_else(|| e.last_modified.as_deref().and_then(parse_rfc2822)),
+                    name: e.name,
+                }
             }));
             if !page.has_additional {
                 break;
@@ -306,9 +376,18 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(parse_rfc3339("2024-01-02T03:04:05.123456Z").map(|t| t.unix_timestamp()), Some(1704164645));
-        assert_eq!(parse_rfc2822("Tue, 02 Jan 2024 03:04:05 -0000").map(|t| t.unix_timestamp()), Some(1704164645));
+        assert_eq!(
+            parse_rfc3339("2024-01-02T03:04:05.123456Z").map(|t| t.unix_timestamp()),
+            Some(1704164645)
+        );
+        assert_eq!(
+            parse_rfc2822("Tue, 02 Jan 2024 03:04:05 -0000").map(|t| t.unix_timestamp()),
+            Some(1704164645)
+        );
         let b = Url::parse("http://127.0.0.1:1/prefix").unwrap();
-        assert_eq!(join(&b, "/v2/x").unwrap().as_str(), "http://127.0.0.1:1/prefix/v2/x");
+        assert_eq!(
+            join(&b, "/v2/x").unwrap().as_str(),
+            "http://127.0.0.1:1/prefix/v2/x"
+        );
     }
 }

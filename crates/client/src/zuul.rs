@@ -31,10 +31,14 @@ pub const PARALLEL_COPIES: usize = 4;
 
 fn port<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u16, D::Error> {
     match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Number(n) => {
-            n.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| serde::de::Error::custom("invalid port"))
-        }
-        serde_json::Value::String(s) => s.trim().parse().map_err(|_| serde::de::Error::custom("invalid port")),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .ok_or_else(|| serde::de::Error::custom("invalid port")),
+        serde_json::Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom("invalid port")),
         _ => Err(serde::de::Error::custom("port must be a number")),
     }
 }
@@ -75,7 +79,10 @@ impl std::fmt::Debug for RegistryInfo {
 impl RegistryInfo {
     /// `host:port`, IPv6 bracketed.
     pub fn address(&self) -> String {
-        host_port(self.host.trim_start_matches('[').trim_end_matches(']'), self.port)
+        host_port(
+            self.host.trim_start_matches('[').trim_end_matches(']'),
+            self.port,
+        )
     }
 
     /// A client for this registry.
@@ -84,7 +91,12 @@ impl RegistryInfo {
             (Some(u), Some(p)) if !u.is_empty() => Some(Credentials::new(u, p)),
             _ => None,
         };
-        let ca_pems = self.cert.iter().filter(|c| !c.trim().is_empty()).map(|c| c.as_bytes().to_vec()).collect();
+        let ca_pems = self
+            .cert
+            .iter()
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
         Registry::new(
             &self.address(),
             RegistryOptions {
@@ -137,7 +149,8 @@ pub struct PushVars {
 /// Read a vars file.
 pub fn read_vars<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&text).map_err(|e| Error::input(format!("{}: invalid vars file: {e}", path.display())))
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::input(format!("{}: invalid vars file: {e}", path.display())))
 }
 
 fn strip_docker_io(repo: &str) -> &str {
@@ -145,11 +158,13 @@ fn strip_docker_io(repo: &str) -> &str {
 }
 
 fn repo_name(s: &str) -> Result<RepositoryName> {
-    s.parse().map_err(|e: speculum_oci::Error| Error::input(format!("invalid repository {s:?}: {e}")))
+    s.parse()
+        .map_err(|e: speculum_oci::Error| Error::input(format!("invalid repository {s:?}: {e}")))
 }
 
 fn tag_name(s: &str) -> Result<Tag> {
-    s.parse().map_err(|e: speculum_oci::Error| Error::input(format!("invalid tag {s:?}: {e}")))
+    s.parse()
+        .map_err(|e: speculum_oci::Error| Error::input(format!("invalid tag {s:?}: {e}")))
 }
 
 /// One failed copy of a step.
@@ -176,13 +191,20 @@ impl StepReport {
         if self.failures.is_empty() {
             return None;
         }
-        let parts: Vec<String> = self.failures.iter().map(|f| format!("{}: {}", f.image, f.error)).collect();
+        let parts: Vec<String> = self
+            .failures
+            .iter()
+            .map(|f| format!("{}: {}", f.image, f.error))
+            .collect();
         Some(Error::InvalidInput(parts.join("; ")))
     }
 }
 
 async fn run_copies(jobs: Vec<(Endpoint, Endpoint)>) -> StepReport {
-    let opts = CopyOptions { platforms: PlatformSelection::All, ..CopyOptions::default() };
+    let opts = CopyOptions {
+        platforms: PlatformSelection::All,
+        ..CopyOptions::default()
+    };
     let results: Vec<(String, Result<CopyReport>)> = futures_util::stream::iter(jobs)
         .map(|(src, dst)| {
             let opts = opts.clone();
@@ -195,11 +217,17 @@ async fn run_copies(jobs: Vec<(Endpoint, Endpoint)>) -> StepReport {
         .buffer_unordered(PARALLEL_COPIES)
         .collect()
         .await;
-    let mut report = StepReport { copies: vec![], failures: vec![] };
+    let mut report = StepReport {
+        copies: vec![],
+        failures: vec![],
+    };
     for (image, r) in results {
         match r {
             Ok(c) => report.copies.push(c),
-            Err(e) => report.failures.push(StepFailure { image, error: e.to_string() }),
+            Err(e) => report.failures.push(StepFailure {
+                image,
+                error: e.to_string(),
+            }),
         }
     }
     report
@@ -219,7 +247,12 @@ pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
             v.and_then(|m| m.get(k))
                 .and_then(|x| x.as_str())
                 .map(str::to_string)
-                .ok_or_else(|| Error::input(format!("artifact {} has no {k}", a.get("name").unwrap_or(&serde_json::Value::Null))))
+                .ok_or_else(|| {
+                    Error::input(format!(
+                        "artifact {} has no {k}",
+                        a.get("name").unwrap_or(&serde_json::Value::Null)
+                    ))
+                })
         };
         let url = field(Some(a), "url")?;
         let repository = field(meta, "repository")?;
@@ -238,8 +271,15 @@ pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
                 r
             }
         };
-        let dst = RegistryRef::new(br.name(), repo_name(strip_docker_io(&repository))?, Some(tag_name(&tag)?));
-        jobs.push((Endpoint::registry(reg, src), Endpoint::registry(br.clone(), dst)));
+        let dst = RegistryRef::new(
+            br.name(),
+            repo_name(strip_docker_io(&repository))?,
+            Some(tag_name(&tag)?),
+        );
+        jobs.push((
+            Endpoint::registry(reg, src),
+            Endpoint::registry(br.clone(), dst),
+        ));
     }
     Ok(run_copies(jobs).await)
 }
@@ -259,7 +299,12 @@ fn split_host_port(registry: &str) -> Result<(String, u16)> {
 /// Copy this build's images from the BR to the IR; returns the report and the
 /// `zuul_return` data.
 pub async fn push_intermediate(vars: &PushVars) -> Result<(StepReport, serde_json::Value)> {
-    if vars.build.is_empty() || !vars.build.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if vars.build.is_empty()
+        || !vars
+            .build
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(Error::input(format!("invalid build id {:?}", vars.build)));
     }
     let br = Arc::new(vars.buildset_registry.client()?);
@@ -267,21 +312,39 @@ pub async fn push_intermediate(vars: &PushVars) -> Result<(StepReport, serde_jso
     let mut jobs = Vec::new();
     let mut artifacts = Vec::new();
     for image in &vars.images {
-        let tags = image.tags.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| vec!["latest".to_string()]);
+        let tags = image
+            .tags
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| vec!["latest".to_string()]);
         for tag in tags {
-            let src = RegistryRef::new(br.name(), repo_name(strip_docker_io(&image.repository))?, Some(tag_name(&tag)?));
+            let src = RegistryRef::new(
+                br.name(),
+                repo_name(strip_docker_io(&image.repository))?,
+                Some(tag_name(&tag)?),
+            );
             let ir_tag = tag_name(&format!("{}_{tag}", vars.build))?;
-            let dst = RegistryRef::new(ir.name(), repo_name(&image.repository)?, Some(ir_tag.clone()));
+            let dst = RegistryRef::new(
+                ir.name(),
+                repo_name(&image.repository)?,
+                Some(ir_tag.clone()),
+            );
             artifacts.push(serde_json::json!({
                 "name": format!("{}:{tag}", image.repository),
                 "url": format!("docker://{}/{}:{ir_tag}", ir.name(), image.repository),
                 "metadata": {"type": "container_image", "repository": image.repository, "tag": tag},
             }));
-            jobs.push((Endpoint::registry(br.clone(), src), Endpoint::registry(ir.clone(), dst)));
+            jobs.push((
+                Endpoint::registry(br.clone(), src),
+                Endpoint::registry(ir.clone(), dst),
+            ));
         }
     }
     let report = run_copies(jobs).await;
-    Ok((report, serde_json::json!({"zuul": {"artifacts": artifacts}})))
+    Ok((
+        report,
+        serde_json::json!({"zuul": {"artifacts": artifacts}}),
+    ))
 }
 
 #[cfg(test)]
@@ -299,8 +362,14 @@ mod tests {
         assert_eq!(v.buildset_registry.address(), "[::1]:5000");
         assert_eq!(v.intermediate_registry.address(), "ir.example:443");
         assert!(!format!("{v:?}").contains("secret"));
-        assert_eq!(split_host_port("[::1]:5000").unwrap(), ("::1".to_string(), 5000));
-        assert_eq!(split_host_port("ir:5000").unwrap(), ("ir".to_string(), 5000));
+        assert_eq!(
+            split_host_port("[::1]:5000").unwrap(),
+            ("::1".to_string(), 5000)
+        );
+        assert_eq!(
+            split_host_port("ir:5000").unwrap(),
+            ("ir".to_string(), 5000)
+        );
         assert!(split_host_port("ir").is_err());
         assert_eq!(strip_docker_io("docker.io/org/app"), "org/app");
     }

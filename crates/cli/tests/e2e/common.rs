@@ -1,12 +1,12 @@
 //! Helpers shared by the end-to-end tests: running the binary, and registries
 //! described by the flags the binary needs to reach them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use speculum_testkit::{
-    BuildsetOptions, BuildsetRegistry, CmdOutput, DEFAULT_TIMEOUT, Distribution, DistributionOptions, run,
-    workspace_binary,
+    BuildsetOptions, BuildsetRegistry, CmdOutput, DEFAULT_TIMEOUT, Distribution,
+    DistributionOptions, run, workspace_binary,
 };
 
 /// Run `speculum` with `args` in an environment that cannot pick up the
@@ -67,16 +67,9 @@ impl Reg {
     pub fn start(kind: Kind) -> Reg {
         match kind {
             Kind::Distribution => Reg::Dist(Distribution::start(DistributionOptions::new())),
-            Kind::Speculum => Reg::Spec(BuildsetRegistry::start(BuildsetOptions::new(workspace_binary(
-                "speculum-registry",
-            )))),
-        }
-    }
-
-    pub fn kind(&self) -> Kind {
-        match self {
-            Reg::Dist(_) => Kind::Distribution,
-            Reg::Spec(_) => Kind::Speculum,
+            Kind::Speculum => Reg::Spec(BuildsetRegistry::start(BuildsetOptions::new(
+                workspace_binary("speculum-registry"),
+            ))),
         }
     }
 
@@ -95,7 +88,11 @@ impl Reg {
     /// Flags to reach this registry as `side` (`src`, `dest`, or `` for
     /// single-registry commands).
     pub fn flags(&self, side: &str) -> Vec<String> {
-        let p = if side.is_empty() { String::from("--") } else { format!("--{side}-") };
+        let p = if side.is_empty() {
+            String::from("--")
+        } else {
+            format!("--{side}-")
+        };
         match self {
             Reg::Dist(d) => {
                 let mut v = vec![format!("{p}insecure")];
@@ -136,15 +133,19 @@ pub fn run_json(a: &[String]) -> serde_json::Value {
 
 /// The digest `inspect --json` reports for a registry image.
 pub fn digest_of(reg: &Reg, image: &str) -> String {
-    let a = args(&[&s("inspect"), &s(&reg.r(image)), &s("--json"), &reg.flags("")]);
+    let a = args(&[
+        &s("inspect"),
+        &s(&reg.r(image)),
+        &s("--json"),
+        &reg.flags(""),
+    ]);
     run_json(&a)["digest"].as_str().unwrap().to_string()
 }
 
 /// The tags `tags --json` lists.
 pub fn tags_of(reg: &Reg, repo: &str) -> Vec<String> {
     let a = args(&[&s("tags"), &s(&reg.r(repo)), &s("--json"), &reg.flags("")]);
-    let mut v: Vec<String> =
-        serde_json::from_value(run_json(&a)).unwrap();
+    let mut v: Vec<String> = serde_json::from_value(run_json(&a)).unwrap();
     v.sort();
     v
 }
@@ -154,14 +155,12 @@ pub fn oci(dir: &Path, tag: &str) -> String {
 }
 
 pub fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("speculum-e2e-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("speculum-e2e-")
+        .tempdir()
+        .unwrap()
 }
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
-}
-
-#[allow(dead_code)]
-pub fn pathbuf(p: &str) -> PathBuf {
-    PathBuf::from(p)
 }

@@ -2,10 +2,10 @@
 //! loopback: Debian's docker-registry and speculum-registry.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod auth;
+mod bad_input;
 mod common;
 mod copy;
-mod bad_input;
+mod mock;
 mod tags;
 mod zuul;
-mod auth;
-mod mock;

@@ -18,15 +18,40 @@ fn br_json(br: &Reg) -> serde_json::Value {
 #[test]
 fn push_then_pull_intermediate() {
     let br = Reg::start(Kind::Speculum);
-    let ir = Reg::Dist(Distribution::start(DistributionOptions::new().auth("ir-user", "ir-pass")));
+    let ir = Reg::Dist(Distribution::start(
+        DistributionOptions::new().auth("ir-user", "ir-pass"),
+    ));
     let ir_port: u16 = ir.addr().rsplit(':').next().unwrap().parse().unwrap();
     let dir = tmp();
-    let idx = IndexSpec::new(&[40_000]).seed(71).write_layout(dir.path(), "multi");
-    let single = ImageSpec::new(&[30_000]).seed(72).write_layout(dir.path(), "single");
+    let idx = IndexSpec::new(&[40_000])
+        .seed(71)
+        .write_layout(dir.path(), "multi");
+    let single = ImageSpec::new(&[30_000])
+        .seed(72)
+        .write_layout(dir.path(), "single");
     // What a build job leaves in the BR: docker.io images un-prefixed, others under their host.
-    run_args(&args(&[&s("copy"), &s(&idx.oci_ref_tagged()), &s(&br.r("org/app:latest")), &s("--all"), &br.flags("dest")])).assert_success();
-    run_args(&args(&[&s("copy"), &s(&single.oci_ref_tagged()), &s(&br.r("quay.io/org/tool:v1")), &br.flags("dest")])).assert_success();
-    run_args(&args(&[&s("copy"), &s(&single.oci_ref_tagged()), &s(&br.r("quay.io/org/tool:v2")), &br.flags("dest")])).assert_success();
+    run_args(&args(&[
+        &s("copy"),
+        &s(&idx.oci_ref_tagged()),
+        &s(&br.r("org/app:latest")),
+        &s("--all"),
+        &br.flags("dest"),
+    ]))
+    .assert_success();
+    run_args(&args(&[
+        &s("copy"),
+        &s(&single.oci_ref_tagged()),
+        &s(&br.r("quay.io/org/tool:v1")),
+        &br.flags("dest"),
+    ]))
+    .assert_success();
+    run_args(&args(&[
+        &s("copy"),
+        &s(&single.oci_ref_tagged()),
+        &s(&br.r("quay.io/org/tool:v2")),
+        &br.flags("dest"),
+    ]))
+    .assert_success();
 
     let ir_json = serde_json::json!({"host": "127.0.0.1", "port": ir_port, "username": "ir-user", "password": "ir-pass", "insecure": true});
     let build = "0123456789abcdef0123456789abcdef";
@@ -43,7 +68,15 @@ fn push_then_pull_intermediate() {
     )
     .unwrap();
     let output = dir.path().join("artifacts.json");
-    let out = speculum(&["zuul", "push-intermediate", "--vars", push_vars.to_str().unwrap(), "--output", output.to_str().unwrap()]).assert_success();
+    let out = speculum(&[
+        "zuul",
+        "push-intermediate",
+        "--vars",
+        push_vars.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ])
+    .assert_success();
     assert!(!out.stderr.contains("ir-pass") && !out.stdout.contains("ir-pass"));
     let data: serde_json::Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
     let artifacts = data["zuul"]["artifacts"].as_array().unwrap().clone();
@@ -56,8 +89,14 @@ fn push_then_pull_intermediate() {
             "metadata": {"type": "container_image", "repository": "docker.io/org/app", "tag": "latest"},
         })
     );
-    assert_eq!(digest_of(&ir, &format!("docker.io/org/app:{build}_latest")), idx.index.to_string());
-    assert_eq!(digest_of(&ir, &format!("quay.io/org/tool:{build}_v2")), single.manifest.to_string());
+    assert_eq!(
+        digest_of(&ir, &format!("docker.io/org/app:{build}_latest")),
+        idx.index.to_string()
+    );
+    assert_eq!(
+        digest_of(&ir, &format!("quay.io/org/tool:{build}_v2")),
+        single.manifest.to_string()
+    );
 
     // A later buildset pulls them into its own BR, under their final names.
     let br2 = Reg::start(Kind::Speculum);
@@ -74,12 +113,24 @@ fn push_then_pull_intermediate() {
         .unwrap(),
     )
     .unwrap();
-    let report = speculum_json(&["zuul", "pull-intermediate", "--vars", pull_vars.to_str().unwrap(), "--json"]);
+    let report = speculum_json(&[
+        "zuul",
+        "pull-intermediate",
+        "--vars",
+        pull_vars.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(report["copies"].as_array().unwrap().len(), 3, "{report}");
     assert_eq!(digest_of(&br2, "org/app:latest"), idx.index.to_string());
-    assert_eq!(digest_of(&br2, "quay.io/org/tool:v1"), single.manifest.to_string());
+    assert_eq!(
+        digest_of(&br2, "quay.io/org/tool:v1"),
+        single.manifest.to_string()
+    );
     for c in &idx.children {
-        assert_eq!(digest_of(&br2, &format!("org/app@{}", c.manifest)), c.manifest.to_string());
+        assert_eq!(
+            digest_of(&br2, &format!("org/app@{}", c.manifest)),
+            c.manifest.to_string()
+        );
     }
 
     // A missing image fails the step, naming it.
@@ -95,8 +146,20 @@ fn push_then_pull_intermediate() {
         .unwrap(),
     )
     .unwrap();
-    let out = speculum(&["zuul", "pull-intermediate", "--vars", bad_vars.to_str().unwrap()]).assert_failure();
+    let out = speculum(&[
+        "zuul",
+        "pull-intermediate",
+        "--vars",
+        bad_vars.to_str().unwrap(),
+    ])
+    .assert_failure();
     assert!(out.stderr.contains("gone/image"), "{}", out.stderr);
-    let out = speculum(&["zuul", "push-intermediate", "--vars", bad_vars.to_str().unwrap()]).assert_failure();
+    let out = speculum(&[
+        "zuul",
+        "push-intermediate",
+        "--vars",
+        bad_vars.to_str().unwrap(),
+    ])
+    .assert_failure();
     assert!(out.stderr.contains("vars"), "{}", out.stderr);
 }
