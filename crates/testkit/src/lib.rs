@@ -7,7 +7,7 @@
 //!   as `oci:DIR:TAG` ([`Image::oci_ref`]).
 //! - [`BuildsetRegistry`] runs the `speculum-registry buildset` binary on loopback and
 //!   [`Distribution`] runs Debian's `docker-registry` (the reference registry); both stop on
-//!   drop.
+//!   drop. [`Dockerd`] runs a private Docker daemon (vfs storage, no bridge) for one test.
 //! - [`require_tool`] fails loudly, naming the Debian package, when a client is missing: a
 //!   missing tool is a test failure, never a silent skip. [`run`] runs a command with a
 //!   timeout and captures its output.
@@ -27,6 +27,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod distribution;
+mod docker;
 mod image;
 mod layout;
 mod process;
@@ -34,6 +35,7 @@ mod registry;
 mod tools;
 
 pub use distribution::{Distribution, DistributionOptions};
+pub use docker::{Dockerd, DockerdOptions};
 pub use image::{ChildImage, Image, ImageFormat, ImageIndex, ImageSpec, IndexSpec};
 pub use layout::{LayoutManifest, layout_manifest};
 pub use process::{CmdOutput, DEFAULT_TIMEOUT, run, run_ok};

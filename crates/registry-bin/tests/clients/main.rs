@@ -1,5 +1,5 @@
 //! End-to-end tests of `speculum-registry buildset` with real clients: skopeo, podman and
-//! buildah (Debian packages) talk to the binary as built, over TLS with its generated
+//! buildah (Debian packages) and a private Docker daemon talk to the binary as built, over TLS with its generated
 //! certificate and credentials. Nothing here reaches a public registry: skopeo runs with
 //! `--insecure-policy`, podman and buildah get an empty registries.conf and a temporary
 //! policy.json, and every image name carries the registry's `127.0.0.1:PORT`.
@@ -8,6 +8,7 @@
 
 mod auth;
 mod buildah;
+mod docker;
 mod lifecycle;
 mod podman;
 mod skopeo;
