@@ -10,10 +10,12 @@ started, also when a test fails.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,55 @@ def scratch_root_vars(root: Path) -> dict:
         'use_buildset_registry_docker_config': str(root / 'home/.docker/config.json'),
         'use_buildset_registry_containers_auth_file': str(root / 'run/containers/auth.json'),
     }
+
+
+@pytest.fixture
+def dockerd(tmp_path):
+    """Start a private Docker daemon; yields a function that starts it with a daemon.json.
+
+    Own data root, exec root, unix socket and pid file; vfs storage, no
+    iptables, no bridge. Stopped and removed at teardown.
+    """
+    require_tools('/usr/sbin/dockerd', 'docker')
+    short = Path(tempfile.mkdtemp(prefix='spc-dk-', dir='/tmp'))  # unix socket paths are short
+    state = {}
+
+    def start(config_file: Path) -> dict:
+        sock = short / 'docker.sock'
+        log = open(tmp_path / 'dockerd.log', 'w')
+        proc = subprocess.Popen([
+            '/usr/sbin/dockerd',
+            '--data-root', str(tmp_path / 'docker-data'),
+            '--exec-root', str(short / 'exec'),
+            '-H', f'unix://{sock}',
+            '--pidfile', str(short / 'docker.pid'),
+            '--config-file', str(config_file),
+            '--storage-driver=vfs', '--iptables=false', '--ip6tables=false', '--bridge=none',
+            '--max-upload-attempts=1', '--max-download-attempts=1',
+        ], stdout=log, stderr=subprocess.STDOUT)
+        state['proc'], state['log'] = proc, log
+        env = dict(os.environ, DOCKER_HOST=f'unix://{sock}')
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError('dockerd exited:\n' + (tmp_path / 'dockerd.log').read_text())
+            if subprocess.run(['docker', 'version'], env=env, capture_output=True).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError('dockerd did not start:\n' + (tmp_path / 'dockerd.log').read_text())
+            time.sleep(0.5)
+        return {'env': env, 'host': f'unix://{sock}'}
+
+    yield start
+    proc = state.get('proc')
+    if proc is not None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        state['log'].close()
+    subprocess.run(['chmod', '-R', 'u+w', str(tmp_path / 'docker-data')], capture_output=True)
+    shutil.rmtree(tmp_path / 'docker-data', ignore_errors=True)
+    shutil.rmtree(short, ignore_errors=True)
