@@ -32,7 +32,8 @@ pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 ///
 /// Only canonical UUIDs parse, so an id is always safe to use as a file or
 /// object name (no path traversal through a crafted id).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct UploadId(String);
 
 impl UploadId {

@@ -25,6 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::fmt::Debug;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -32,7 +33,10 @@ use serde_json::json;
 use speculum_oci::{Algorithm, Digest, ErrorCode, Reference, RepositoryName, media_type};
 use tokio::io::AsyncReadExt as _;
 
-use crate::{BlobBody, BodyStream, ByteRange, Error, Registry, Result};
+use crate::{
+    BlobBody, BodyStream, ByteRange, Error, PruneOptions, Registry, Result, RetentionPolicy,
+    RetentionRule,
+};
 
 /// Define one `#[tokio::test]` per conformance case. `$make` is an async
 /// expression returning `(Registry, guard)`; it is evaluated once per case.
@@ -64,7 +68,13 @@ macro_rules! conformance_tests {
             catalog_pagination,
             referrers,
             enumeration,
-            garbage_collection
+            garbage_collection,
+            retention_expires_old_matching_tags,
+            retention_first_sight_of_legacy_tags,
+            prune_keeps_reachable_images,
+            prune_grace_period,
+            prune_dry_run_changes_nothing,
+            prune_during_pushes
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1482,7 +1492,6 @@ pub async fn enumeration(registry: &Registry) {
 
 pub async fn garbage_collection(registry: &Registry) {
     use crate::GcOptions;
-    use std::time::Duration;
 
     let a = repo("conf/gc-a");
     let b = repo("conf/gc-b");
@@ -1564,5 +1573,725 @@ pub async fn garbage_collection(registry: &Registry) {
     assert_eq!(registry.blobs().await.unwrap().len(), 3);
     // Nothing more to do.
     let report = registry.collect_garbage(&opts).await.unwrap();
-    assert_eq!(report, crate::GcReport::default());
+    assert_eq!(report.summary().blobs_removed, 0);
+    assert_eq!(report.summary().links_removed, 0);
+    assert_eq!(report.summary().uploads_removed, 0);
+    assert_eq!(report.blobs_kept, 3);
+}
+
+// ---- retention and prune ------------------------------------------------
+
+const BUILD: &str = "0123456789abcdef0123456789abcdef";
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Make the registry's clock stand still at `t`.
+fn freeze(registry: &Registry, t: SystemTime) {
+    registry.set_clock(move || t);
+}
+
+/// Push a manifest by digest (untagged); returns its digest and size.
+pub async fn push_untagged(
+    registry: &Registry,
+    repo: &RepositoryName,
+    manifest: &serde_json::Value,
+) -> (Digest, usize) {
+    let bytes = bytes_of(manifest);
+    let digest = Digest::sha256(&bytes);
+    registry
+        .put_manifest(
+            repo,
+            &Reference::Digest(digest.clone()),
+            None,
+            bytes.clone(),
+        )
+        .await
+        .unwrap();
+    (digest, bytes.len())
+}
+
+/// An image manifest over a config and one layer pushed from `seed`.
+async fn image_of(
+    registry: &Registry,
+    repo: &RepositoryName,
+    seed: &str,
+    media: &str,
+) -> serde_json::Value {
+    let config = format!("{{\"seed\":\"{seed}\"}}");
+    let layer = format!("layer of {seed}");
+    let c = push_blob(registry, repo, config.as_bytes()).await;
+    let l = push_blob(registry, repo, layer.as_bytes()).await;
+    image_manifest(media, (&c, config.len()), &[(&l, layer.len())])
+}
+
+/// Check that the manifest `digest` of `repo` is there and complete: every
+/// blob it references readable in full, every child manifest complete.
+pub async fn assert_complete(registry: &Registry, repo: &RepositoryName, digest: &Digest) {
+    let m = registry
+        .get_manifest(repo, &Reference::Digest(digest.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{repo}@{digest}: {e}"));
+    let info = speculum_oci::manifest::parse(Some(&m.media_type), &m.bytes).unwrap();
+    for blob in info.blobs() {
+        let body = registry
+            .read_blob(repo, &blob.digest, None)
+            .await
+            .unwrap_or_else(|e| panic!("{repo}@{digest} needs {}: {e}", blob.digest));
+        assert_eq!(read_all(body).await.len() as u64, blob.size);
+    }
+    for child in &info.manifests {
+        Box::pin(assert_complete(registry, repo, &child.digest)).await;
+    }
+}
+
+/// Every manifest of every repository is complete.
+pub async fn assert_store_consistent(registry: &Registry) {
+    for repo in registry.repositories().await.unwrap() {
+        for digest in registry.manifests(&repo).await.unwrap() {
+            assert_complete(registry, &repo, &digest).await;
+        }
+        for tag in registry.tags_detailed(&repo).await.unwrap() {
+            assert!(
+                registry
+                    .manifests(&repo)
+                    .await
+                    .unwrap()
+                    .contains(&tag.digest),
+                "{repo}:{} dangles",
+                tag.name
+            );
+        }
+    }
+}
+
+/// Everything a prune may change, to compare before and after.
+async fn snapshot(registry: &Registry) -> Vec<String> {
+    let mut out = Vec::new();
+    for repo in registry.repositories().await.unwrap() {
+        for t in registry.tags_detailed(&repo).await.unwrap() {
+            out.push(format!("{repo}:{}={}@{:?}", t.name, t.digest, t.pushed_at));
+        }
+        for m in registry.manifests(&repo).await.unwrap() {
+            out.push(format!("{repo}@{m}"));
+        }
+        for b in registry.linked_blobs(&repo).await.unwrap() {
+            out.push(format!("{repo}/{b}"));
+        }
+    }
+    for b in registry.blobs().await.unwrap() {
+        out.push(b.to_string());
+    }
+    out
+}
+
+fn options(retention: RetentionPolicy, now: SystemTime) -> PruneOptions {
+    let mut o = PruneOptions::new(retention);
+    o.now = Some(now);
+    o
+}
+
+pub async fn retention_expires_old_matching_tags(registry: &Registry) {
+    let r = repo("conf/retention");
+    let other = repo("conf/retention-other");
+    let now = SystemTime::now();
+    let old_tag = format!("{BUILD}_old");
+    let young_tag = format!("{BUILD}_young");
+
+    freeze(registry, now - 3 * DAY);
+    let old = push_image(registry, &r, &old_tag, "old", media_type::OCI_MANIFEST).await;
+    let latest = push_image(registry, &r, "latest", "latest", media_type::OCI_MANIFEST).await;
+    let other_old = push_image(
+        registry,
+        &other,
+        &old_tag,
+        "o",
+        media_type::DOCKER_MANIFEST_V2,
+    )
+    .await;
+    freeze(registry, now - HOUR);
+    let young = push_image(registry, &r, &young_tag, "young", media_type::OCI_MANIFEST).await;
+    registry.set_clock(SystemTime::now);
+
+    let tags = registry.tags_detailed(&r).await.unwrap();
+    let times: Vec<_> = tags
+        .iter()
+        .map(|t| (t.name.as_str(), t.pushed_at))
+        .collect();
+    let secs = |t: SystemTime| {
+        UNIX_EPOCH + Duration::from_secs(t.duration_since(UNIX_EPOCH).unwrap().as_secs())
+    };
+    assert_eq!(
+        times,
+        vec![
+            (old_tag.as_str(), Some(secs(now - 3 * DAY))),
+            (young_tag.as_str(), Some(secs(now - HOUR))),
+            ("latest", Some(secs(now - 3 * DAY))),
+        ]
+    );
+
+    // Only in conf/retention, only intermediate tags, only older than a day.
+    let rule = RetentionRule::new("conf/retention", RetentionRule::INTERMEDIATE_TAGS, DAY).unwrap();
+    let report = registry
+        .prune(&options(RetentionPolicy::new(vec![rule]), now))
+        .await
+        .unwrap();
+    assert_eq!(report.tags_deleted.len(), 1);
+    assert_eq!(
+        (
+            report.tags_deleted[0].repository.as_str(),
+            report.tags_deleted[0].tag.as_str()
+        ),
+        ("conf/retention", old_tag.as_str())
+    );
+    assert_eq!(report.tags_deleted[0].digest, old);
+    assert_eq!(report.manifests_deleted.len(), 1);
+    assert_eq!(report.manifests_deleted[0].digest, old);
+    assert_eq!(report.blobs_removed.len(), 3, "config, layer, manifest");
+    let names: Vec<String> = registry
+        .tags(&r)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
+    assert_eq!(names, vec![young_tag.clone(), "latest".to_string()]);
+    assert_eq!(
+        registry.tags(&other).await.unwrap(),
+        vec![(old_tag.clone(), other_old.clone())]
+    );
+    for (repo, digest) in [(&r, &latest), (&r, &young), (&other, &other_old)] {
+        assert_complete(registry, repo, digest).await;
+    }
+    assert_store_consistent(registry).await;
+
+    // The default rule covers every repository; a day later the young tag
+    // is old too.
+    let report = registry
+        .prune(&options(
+            RetentionPolicy::intermediate_registry(DAY),
+            now + DAY,
+        ))
+        .await
+        .unwrap();
+    let mut deleted: Vec<String> = report
+        .tags_deleted
+        .iter()
+        .map(|t| format!("{}:{}", t.repository, t.tag))
+        .collect();
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        vec![
+            format!("conf/retention-other:{old_tag}"),
+            format!("conf/retention:{young_tag}")
+        ]
+    );
+    assert_eq!(
+        registry.tags(&r).await.unwrap(),
+        vec![("latest".to_string(), latest.clone())]
+    );
+    assert!(registry.tags(&other).await.unwrap().is_empty());
+    assert_complete(registry, &r, &latest).await;
+    assert_store_consistent(registry).await;
+}
+
+/// A tag written without a push time (an older store) is stamped when
+/// first seen and expires only after its age counted from then.
+pub async fn retention_first_sight_of_legacy_tags(registry: &Registry) {
+    let r = repo("conf/legacy");
+    let now = SystemTime::now();
+    freeze(registry, now - 10 * DAY);
+    let m = push_image(registry, &r, "v1", "legacy", media_type::OCI_MANIFEST).await;
+    let tag = format!("{BUILD}_legacy");
+    registry
+        .backend()
+        .put(crate::Table::Tags(&r), &tag, Bytes::from(m.to_string()))
+        .await
+        .unwrap();
+    registry.set_clock(move || now);
+    let infos = registry.tags_detailed(&r).await.unwrap();
+    assert_eq!(infos[0].name, tag);
+    assert_eq!(infos[0].pushed_at, None);
+    assert_eq!(infos[0].digest, m);
+
+    let policy = RetentionPolicy::intermediate_registry(Duration::ZERO);
+    // A dry run neither deletes nor stamps it.
+    let mut dry = options(policy.clone(), now);
+    dry.dry_run = true;
+    let report = registry.prune(&dry).await.unwrap();
+    assert!(report.tags_deleted.is_empty());
+    assert_eq!(registry.tags_detailed(&r).await.unwrap()[0].pushed_at, None);
+    // A real run stamps it with `now`, and keeps it.
+    let report = registry.prune(&options(policy.clone(), now)).await.unwrap();
+    assert!(report.tags_deleted.is_empty() && report.blobs_removed.is_empty());
+    let stamped = registry.tags_detailed(&r).await.unwrap()[0]
+        .pushed_at
+        .unwrap();
+    assert!(stamped <= now && now.duration_since(stamped).unwrap() < Duration::from_secs(2));
+    // It expires by its age from then on.
+    let policy = RetentionPolicy::intermediate_registry(DAY);
+    let report = registry
+        .prune(&options(policy.clone(), now + HOUR))
+        .await
+        .unwrap();
+    assert!(report.tags_deleted.is_empty());
+    let report = registry
+        .prune(&options(policy, now + 2 * DAY))
+        .await
+        .unwrap();
+    assert_eq!(report.tags_deleted.len(), 1);
+    assert!(report.manifests_deleted.is_empty(), "v1 still points at it");
+    assert_complete(registry, &r, &m).await;
+}
+
+/// Everything reachable from a tag survives, in every manifest format: an
+/// OCI index and a Docker manifest list with their (untagged) children, an
+/// artifact (and an artifact of the artifact) whose subject is tagged. An
+/// old untagged image and its referrer go, but not a layer it shares.
+pub async fn prune_keeps_reachable_images(registry: &Registry) {
+    let r = repo("conf/reachable");
+    let now = SystemTime::now();
+    freeze(registry, now - 3 * DAY);
+
+    // OCI index over two OCI images.
+    let a = image_of(registry, &r, "index-amd64", media_type::OCI_MANIFEST).await;
+    let b = image_of(registry, &r, "index-arm64", media_type::OCI_MANIFEST).await;
+    let (a, a_size) = push_untagged(registry, &r, &a).await;
+    let (b, b_size) = push_untagged(registry, &r, &b).await;
+    let index = |media: &str, children: &[(&Digest, usize, &str)]| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": media,
+            "manifests": children.iter().map(|(d, s, m)| json!({
+                "mediaType": m, "digest": d, "size": s,
+                "platform": {"architecture": "amd64", "os": "linux"},
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let oci_index = bytes_of(&index(
+        media_type::OCI_INDEX,
+        &[
+            (&a, a_size, media_type::OCI_MANIFEST),
+            (&b, b_size, media_type::OCI_MANIFEST),
+        ],
+    ));
+    let oci_index = registry
+        .put_manifest(&r, &reference("index"), None, oci_index)
+        .await
+        .unwrap()
+        .digest;
+
+    // Docker manifest list over two Docker images.
+    let c = image_of(registry, &r, "list-amd64", media_type::DOCKER_MANIFEST_V2).await;
+    let d = image_of(registry, &r, "list-arm64", media_type::DOCKER_MANIFEST_V2).await;
+    let (c, c_size) = push_untagged(registry, &r, &c).await;
+    let (d, d_size) = push_untagged(registry, &r, &d).await;
+    let list = bytes_of(&index(
+        media_type::DOCKER_MANIFEST_LIST,
+        &[
+            (&c, c_size, media_type::DOCKER_MANIFEST_V2),
+            (&d, d_size, media_type::DOCKER_MANIFEST_V2),
+        ],
+    ));
+    let list = registry
+        .put_manifest(&r, &reference("list"), None, list)
+        .await
+        .unwrap()
+        .digest;
+
+    // A tagged image with a signature, and a signature of the signature.
+    let signed = push_image(registry, &r, "signed", "signed", media_type::OCI_MANIFEST).await;
+    let signed_size = registry
+        .get_manifest(&r, &reference("signed"))
+        .await
+        .unwrap()
+        .bytes
+        .len();
+    let empty = push_blob(registry, &r, b"{}").await;
+    let artifact = |layer: &Digest, n: usize, subject: &Digest, size: usize| {
+        json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "artifactType": "application/vnd.example.sig",
+            "config": {"mediaType": media_type::OCI_EMPTY, "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": n}],
+            "subject": {"mediaType": media_type::OCI_MANIFEST, "digest": subject, "size": size},
+        })
+    };
+    let sig_layer = push_blob(registry, &r, b"signature of signed").await;
+    let (sig, sig_size) = push_untagged(
+        registry,
+        &r,
+        &artifact(&sig_layer, 19, &signed, signed_size),
+    )
+    .await;
+    let sig2_layer = push_blob(registry, &r, b"signature of signature").await;
+    let (sig2, _) = push_untagged(registry, &r, &artifact(&sig2_layer, 22, &sig, sig_size)).await;
+
+    // An old untagged image sharing a layer with the index's first image,
+    // and its own signature.
+    let a_info = {
+        let m = registry
+            .get_manifest(&r, &Reference::Digest(a.clone()))
+            .await
+            .unwrap();
+        speculum_oci::manifest::parse(Some(&m.media_type), &m.bytes).unwrap()
+    };
+    let shared = &a_info.layers[0];
+    let junk_config = push_blob(registry, &r, b"{\"junk\":1}").await;
+    let junk = image_manifest(
+        media_type::OCI_MANIFEST,
+        (&junk_config, 10),
+        &[(&shared.digest, shared.size as usize)],
+    );
+    let (junk, junk_size) = push_untagged(registry, &r, &junk).await;
+    let junk_sig_layer = push_blob(registry, &r, b"signature of junk").await;
+    let (junk_sig, _) = push_untagged(
+        registry,
+        &r,
+        &artifact(&junk_sig_layer, 17, &junk, junk_size),
+    )
+    .await;
+    registry.set_clock(SystemTime::now);
+
+    let report = registry
+        .prune(&options(RetentionPolicy::intermediate_registry(DAY), now))
+        .await
+        .unwrap();
+    assert!(report.tags_deleted.is_empty());
+    let mut gone: Vec<&Digest> = report.manifests_deleted.iter().map(|m| &m.digest).collect();
+    gone.sort();
+    let mut expected = vec![&junk, &junk_sig];
+    expected.sort();
+    assert_eq!(gone, expected);
+    let mut removed = vec![junk.clone(), junk_sig.clone(), junk_config, junk_sig_layer];
+    removed.sort();
+    assert_eq!(report.blobs_removed, removed);
+    assert!(report.bytes_freed > 0);
+
+    for digest in [&oci_index, &list, &signed, &sig, &sig2, &a, &b, &c, &d] {
+        assert_complete(registry, &r, digest).await;
+    }
+    let refs = registry.referrers(&r, &signed, None).await.unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].digest, sig);
+    assert!(
+        registry
+            .referrers(&r, &junk, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        code(
+            registry
+                .get_manifest(&r, &Reference::Digest(junk.clone()))
+                .await
+        ),
+        ErrorCode::ManifestUnknown
+    );
+    assert_store_consistent(registry).await;
+
+    // Nothing more to do; deleting the index's tag frees it and its children.
+    let again = registry
+        .prune(&options(RetentionPolicy::default(), now))
+        .await
+        .unwrap();
+    assert!(again.blobs_removed.is_empty() && again.manifests_deleted.is_empty());
+    registry
+        .delete_manifest(&r, &reference("index"))
+        .await
+        .unwrap();
+    // Past the grace period of the links that reading the blobs renewed.
+    let report = registry
+        .prune(&options(
+            RetentionPolicy::default(),
+            SystemTime::now() + 2 * HOUR,
+        ))
+        .await
+        .unwrap();
+    let mut gone: Vec<&Digest> = report.manifests_deleted.iter().map(|m| &m.digest).collect();
+    gone.sort();
+    let mut expected = vec![&oci_index, &a, &b];
+    expected.sort();
+    assert_eq!(gone, expected);
+    // index + 2 manifests + 2 configs + 2 layers.
+    assert_eq!(report.blobs_removed.len(), 7);
+    for digest in [&list, &signed, &sig, &sig2] {
+        assert_complete(registry, &r, digest).await;
+    }
+    assert_store_consistent(registry).await;
+}
+
+/// Untagged manifests and unreferenced links stay for the grace period,
+/// and an upload in progress stays for `upload_max_age`.
+pub async fn prune_grace_period(registry: &Registry) {
+    let r = repo("conf/grace");
+    let now = SystemTime::now();
+    freeze(registry, now - 2 * HOUR);
+    let old = image_of(registry, &r, "old", media_type::DOCKER_MANIFEST_V2).await;
+    let (old, _) = push_untagged(registry, &r, &old).await;
+    let old_blob = push_blob(registry, &r, b"pushed long ago, never used").await;
+    let headed = push_blob(registry, &r, b"pushed long ago, checked just now").await;
+    freeze(registry, now - HOUR / 2);
+    let young = image_of(registry, &r, "young", media_type::OCI_MANIFEST).await;
+    let (young, _) = push_untagged(registry, &r, &young).await;
+    let young_blob = push_blob(registry, &r, b"pushed, manifest still to come").await;
+    registry.set_clock(SystemTime::now);
+    let upload = registry.start_upload(&r).await.unwrap();
+    registry
+        .append_upload(&r, &upload, None, body("in flight"))
+        .await
+        .unwrap();
+    // A client checks that the registry has a blob, to skip its upload:
+    // that renews the link.
+    assert_eq!(registry.stat_blob(&r, &headed).await.unwrap(), 33);
+
+    let report = registry
+        .prune(&options(RetentionPolicy::default(), now))
+        .await
+        .unwrap();
+    assert_eq!(report.manifests_deleted.len(), 1);
+    assert_eq!(report.manifests_deleted[0].digest, old);
+    // The old manifest, its config and layer, the old unused blob.
+    assert_eq!(report.blobs_removed.len(), 4);
+    assert!(report.blobs_removed.contains(&old_blob));
+    assert_eq!(report.links_removed.len(), 3, "config, layer, unused blob");
+    assert!(report.uploads_removed.is_empty());
+    assert_complete(registry, &r, &young).await;
+    assert_eq!(registry.stat_blob(&r, &young_blob).await.unwrap(), 30);
+    assert_eq!(registry.upload_status(&r, &upload).await.unwrap(), 9);
+    assert_eq!(registry.stat_blob(&r, &headed).await.unwrap(), 33);
+    assert_eq!(
+        code(registry.stat_blob(&r, &old_blob).await),
+        ErrorCode::BlobUnknown
+    );
+
+    // An hour later (than the links renewed by reading) the young ones are
+    // old too; a day later the upload.
+    let report = registry
+        .prune(&options(
+            RetentionPolicy::default(),
+            now + HOUR + 10 * 60 * SECOND,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(report.manifests_deleted.len(), 1);
+    assert_eq!(report.manifests_deleted[0].digest, young);
+    // Manifest, config, layer, the blob whose manifest never came, `headed`.
+    assert_eq!(report.blobs_removed.len(), 5);
+    assert_eq!(report.links_removed.len(), 4);
+    assert!(report.uploads_removed.is_empty());
+    let report = registry
+        .prune(&options(RetentionPolicy::default(), now + DAY + HOUR))
+        .await
+        .unwrap();
+    assert_eq!(report.uploads_removed.len(), 1);
+    assert!(registry.blobs().await.unwrap().is_empty());
+    assert!(registry.manifests(&r).await.unwrap().is_empty());
+}
+
+/// A dry run reports exactly what the real run then does, and changes
+/// nothing (not even first-sight stamps).
+pub async fn prune_dry_run_changes_nothing(registry: &Registry) {
+    let r = repo("conf/dry-run");
+    let now = SystemTime::now();
+    freeze(registry, now - 3 * DAY);
+    let expiring = format!("{BUILD}_expiring");
+    push_image(
+        registry,
+        &r,
+        &expiring,
+        "expiring",
+        media_type::OCI_MANIFEST,
+    )
+    .await;
+    push_image(registry, &r, "kept", "kept", media_type::DOCKER_MANIFEST_V2).await;
+    let (untagged, _) = {
+        let m = image_of(registry, &r, "untagged", media_type::OCI_MANIFEST).await;
+        push_untagged(registry, &r, &m).await
+    };
+    push_blob(registry, &r, b"unused").await;
+    registry.set_clock(SystemTime::now);
+    let upload = registry.start_upload(&r).await.unwrap();
+    let before = snapshot(registry).await;
+
+    let mut dry = options(RetentionPolicy::intermediate_registry(DAY), now + 2 * DAY);
+    dry.dry_run = true;
+    let planned = registry.prune(&dry).await.unwrap();
+    assert!(planned.dry_run);
+    assert_eq!(snapshot(registry).await, before);
+    assert_eq!(registry.upload_status(&r, &upload).await.unwrap(), 0);
+    let s = planned.summary();
+    assert_eq!(
+        (
+            s.tags_deleted,
+            s.manifests_deleted,
+            s.links_removed,
+            s.blobs_removed,
+            s.uploads_removed
+        ),
+        (1, 2, 5, 7, 1)
+    );
+    assert!(
+        planned
+            .manifests_deleted
+            .iter()
+            .any(|m| m.digest == untagged)
+    );
+
+    let mut real = dry.clone();
+    real.dry_run = false;
+    let done = registry.prune(&real).await.unwrap();
+    assert!(!done.dry_run);
+    assert_eq!(done.tags_deleted, planned.tags_deleted);
+    assert_eq!(done.manifests_deleted, planned.manifests_deleted);
+    assert_eq!(done.links_removed, planned.links_removed);
+    assert_eq!(done.blobs_removed, planned.blobs_removed);
+    assert_eq!(done.bytes_freed, planned.bytes_freed);
+    assert_eq!(done.blobs_kept, planned.blobs_kept);
+    assert_eq!(done.uploads_removed, planned.uploads_removed);
+    assert_eq!(registry.tags(&r).await.unwrap().len(), 1);
+    assert_store_consistent(registry).await;
+
+    let json = serde_json::to_value(&done).unwrap();
+    assert_eq!(json["tags_deleted"][0]["tag"], expiring.as_str());
+    assert!(json["duration_seconds"].is_f64());
+    let summary = serde_json::to_value(done.summary()).unwrap();
+    assert_eq!(summary["blobs_removed"], 7);
+}
+
+/// Pushes running while prune runs again and again never lose a blob:
+/// every image pushed is complete afterwards, and no manifest in the store
+/// references a missing blob. Each image shares a base layer that was
+/// linked long ago and is unreferenced until the image is pushed, so the
+/// sweep and the push race for it: the push either lands first (and marks
+/// the layer) or is refused with MANIFEST_BLOB_UNKNOWN, re-uploads the layer
+/// and retries, as a client would.
+pub async fn prune_during_pushes(registry: &Registry) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const IMAGES: usize = 30;
+    const BASES: usize = 3;
+    let r = repo("conf/concurrent");
+    let now = SystemTime::now();
+    freeze(registry, now - 2 * HOUR);
+    let base = |i: usize| format!("base layer {i}").into_bytes();
+    for i in 0..BASES {
+        push_blob(registry, &r, &base(i)).await;
+    }
+    let old = image_of(registry, &r, "old", media_type::OCI_MANIFEST).await;
+    push_untagged(registry, &r, &old).await;
+    registry.set_clock(SystemTime::now);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let registry = registry.clone();
+        let r = r.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            let mut retries = 0;
+            for i in 0..IMAGES {
+                // A chunked upload, with GC free to run between chunks.
+                let config = format!("{{\"image\":{i}}}");
+                let id = registry.start_upload(&r).await.unwrap();
+                registry
+                    .append_upload(&r, &id, None, body(config[..4].to_string()))
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+                let c = Digest::sha256(config.as_bytes());
+                registry
+                    .finish_upload(&r, &id, &c, Some(body(config[4..].to_string())))
+                    .await
+                    .unwrap();
+                let layer = format!("layer {i}").repeat(50);
+                let l = push_blob(&registry, &r, layer.as_bytes()).await;
+                let b = base(i % BASES);
+                let bd = Digest::sha256(&b);
+                let media = if i % 2 == 0 {
+                    media_type::OCI_MANIFEST
+                } else {
+                    media_type::DOCKER_MANIFEST_V2
+                };
+                let m = bytes_of(&image_manifest(
+                    media,
+                    (&c, config.len()),
+                    &[(&bd, b.len()), (&l, layer.len())],
+                ));
+                let tag = reference(&format!("img-{i}"));
+                let digest = loop {
+                    match registry.put_manifest(&r, &tag, None, m.clone()).await {
+                        Ok(put) => break put.digest,
+                        Err(Error::Client {
+                            code: ErrorCode::ManifestBlobUnknown,
+                            detail,
+                            ..
+                        }) if detail == Some(json!({"digest": bd})) => {
+                            retries += 1;
+                            push_blob(&registry, &r, &b).await;
+                        }
+                        Err(e) => panic!("push {i}: {e:?}"),
+                    }
+                };
+                pushed.push(digest);
+                tokio::task::yield_now().await;
+            }
+            done.store(true, Ordering::SeqCst);
+            (pushed, retries)
+        })
+    };
+    let collector = {
+        let registry = registry.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut runs = 0;
+            let mut removed = 0;
+            loop {
+                let mut o = PruneOptions::new(RetentionPolicy::intermediate_registry(HOUR));
+                o.dry_run = runs % 4 == 3;
+                let report = registry.prune(&o).await.unwrap();
+                if !o.dry_run {
+                    removed += report.blobs_removed.len();
+                }
+                runs += 1;
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            (runs, removed)
+        })
+    };
+    let (pushed, _retries) = pusher.await.unwrap();
+    let (runs, removed) = collector.await.unwrap();
+    assert!(runs >= 2, "prune ran {runs} times");
+    // The old image (manifest, config, layer) at least, and base layers
+    // not yet needed when a prune ran.
+    assert!(removed >= 3, "removed {removed}");
+    for (i, digest) in pushed.iter().enumerate() {
+        assert_eq!(
+            registry
+                .resolve(&r, &reference(&format!("img-{i}")))
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(digest)
+        );
+        assert_complete(registry, &r, digest).await;
+    }
+    // And once more, with nothing in flight.
+    registry
+        .prune(&PruneOptions::new(RetentionPolicy::intermediate_registry(
+            HOUR,
+        )))
+        .await
+        .unwrap();
+    for digest in &pushed {
+        assert_complete(registry, &r, digest).await;
+    }
+    assert_store_consistent(registry).await;
 }

@@ -13,8 +13,8 @@
 //! ├── repositories/
 //! │   └── <name component>/.../<name component>/  one directory per name component
 //! │       ├── _blobs/<algorithm>:<hex>             the blob is linked here: when (Unix seconds)
-//! │       ├── _manifests/<algorithm>:<hex>         JSON record: media type, subject
-//! │       ├── _tags/<tag>                          the digest the tag points at
+//! │       ├── _manifests/<algorithm>:<hex>         JSON record: media type, size, subject, when pushed
+//! │       ├── _tags/<tag>                          JSON: the digest the tag points at, when pushed
 //! │       └── _referrers/<subject digest>/<digest> the referrer's descriptor, JSON
 //! └── tmp/<uuid>                                   a file or session being created
 //! ```
@@ -541,7 +541,9 @@ mod tests {
         assert_eq!(files(dir.path()), expected);
         let tag = std::fs::read_to_string(dir.path().join("repositories/quay.io/org/app/_tags/v1"))
             .unwrap();
-        assert_eq!(tag, m.to_string());
+        let tag: serde_json::Value = serde_json::from_str(&tag).unwrap();
+        assert_eq!(tag["digest"], m.to_string());
+        assert!(tag["pushed"].is_u64());
         registry.cancel_upload(&r, &id).await.unwrap();
     }
 

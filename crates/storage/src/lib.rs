@@ -82,7 +82,10 @@ mod registry;
 pub use backend::{Backend, BlobReader, Table, UploadId, UploadInfo, UploadWriter};
 pub use fs::FsBackend;
 pub use memory::MemoryBackend;
-pub use registry::{GcOptions, GcReport, Registry};
+pub use registry::{
+    GcOptions, GcReport, GcSummary, PatternError, PruneOptions, Registry, RemovedLink,
+    RemovedManifest, RemovedTag, RetentionPolicy, RetentionRule, TagInfo,
+};
 
 /// A request body as a stream of chunks.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;

@@ -10,9 +10,14 @@
 //! Operations that touch several metadata entries (manifest push and delete)
 //! hold a per-repository lock; blob uploads hold a per-session lock. Locks
 //! are in-process: one registry process owns a storage root.
+//!
+//! Tags, manifest records and blob links carry the time they were last
+//! written (by the registry's clock, [`Registry::set_clock`]): retention and
+//! garbage collection (`gc.rs`) decide by those ages.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -28,7 +33,11 @@ use crate::memory::MemoryBackend;
 use crate::{BlobBody, BodyStream, ByteRange, Error, Page, PutManifest, Result, StoredManifest};
 
 mod gc;
-pub use gc::{GcOptions, GcReport};
+mod retention;
+pub use gc::{
+    GcOptions, GcReport, GcSummary, PruneOptions, RemovedLink, RemovedManifest, RemovedTag,
+};
+pub use retention::{PatternError, RetentionPolicy, RetentionRule};
 
 /// Buffer size for rehashing an upload whose in-memory digest state is gone.
 const HASH_BUFFER: usize = 256 * 1024;
@@ -42,6 +51,9 @@ struct Session {
 
 type SessionRef = Arc<tokio::sync::Mutex<Session>>;
 
+/// The clock that stamps tags, manifests and links.
+type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
 struct Inner {
     backend: Arc<dyn Backend>,
     sessions: Mutex<HashMap<UploadId, SessionRef>>,
@@ -50,6 +62,7 @@ struct Inner {
     /// link, mount, manifest push) and exclusively by garbage collection, so
     /// a sweep never sees a blob between its store and its link.
     gc_lock: tokio::sync::RwLock<()>,
+    clock: std::sync::RwLock<Clock>,
 }
 
 /// The registry layer over a backend. Cheap to clone.
@@ -65,13 +78,73 @@ impl std::fmt::Debug for Registry {
 }
 
 /// How a manifest is recorded in a repository's `Manifests` table.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ManifestRecord {
     media_type: String,
     size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<Digest>,
+    /// When the manifest was last pushed, in Unix seconds; absent in stores
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pushed: Option<u64>,
+}
+
+/// A tag as stored in a repository's `Tags` table: JSON with the digest and
+/// when the tag was last pushed (Unix seconds). Stores written before the
+/// time was recorded hold the bare digest.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TagRecord {
+    digest: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pushed: Option<u64>,
+}
+
+impl TagRecord {
+    fn parse(raw: &[u8]) -> Option<TagRecord> {
+        let text = std::str::from_utf8(raw).ok()?.trim();
+        if text.starts_with('{') {
+            serde_json::from_str(text).ok()
+        } else {
+            Some(TagRecord {
+                digest: text.parse().ok()?,
+                pushed: None,
+            })
+        }
+    }
+
+    fn to_bytes(&self) -> Result<Bytes> {
+        Ok(serde_json::to_vec(self)
+            .map_err(std::io::Error::other)?
+            .into())
+    }
+}
+
+/// A tag with the digest it points at and when it was last pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TagInfo {
+    /// The tag.
+    pub name: String,
+    /// The manifest it points at.
+    pub digest: Digest,
+    /// When the tag was last pushed; `None` for a tag written by a version
+    /// that did not record it (garbage collection stamps such tags with the
+    /// time it first sees them, and never expires them before).
+    pub pushed_at: Option<SystemTime>,
+}
+
+/// Unix seconds of a time (0 before the epoch).
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// The time of Unix seconds.
+fn from_unix_secs(secs: u64) -> SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
 }
 
 // The maps guarded by these locks are only ever changed by single inserts
@@ -140,8 +213,33 @@ impl Registry {
                 sessions: Mutex::default(),
                 repo_locks: Mutex::default(),
                 gc_lock: tokio::sync::RwLock::default(),
+                clock: std::sync::RwLock::new(Arc::new(SystemTime::now)),
             }),
         }
+    }
+
+    /// Replace the clock that stamps tags, manifests and blob links when
+    /// they are written (default: [`SystemTime::now`]), for every clone of
+    /// this registry. Tests and simulations use it to make content look old
+    /// without waiting; upload sessions keep the backend's own time.
+    pub fn set_clock(&self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) {
+        let mut guard = self
+            .inner
+            .clock
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = Arc::new(clock);
+    }
+
+    /// The registry's clock now.
+    pub fn now(&self) -> SystemTime {
+        let clock = self
+            .inner
+            .clock
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        clock()
     }
 
     /// A registry that keeps everything in memory.
@@ -172,7 +270,7 @@ impl Registry {
     }
 
     async fn link(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
-        let value = gc::link_value(std::time::SystemTime::now());
+        let value = gc::link_value(self.now());
         self.backend_ref()
             .put(Table::Blobs(repo), &digest.to_string(), value)
             .await
@@ -188,9 +286,27 @@ impl Registry {
     // ---- blobs ----------------------------------------------------------
 
     /// The size of a blob linked into `repo`.
+    ///
+    /// Also renews the link when it is more than a few minutes old: a client
+    /// that checks a blob exists (HEAD) before pushing a manifest that needs
+    /// it then has the GC grace period to push it, as if it had uploaded
+    /// the blob again.
     pub async fn stat_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> {
-        if !self.is_linked(repo, digest).await? {
+        let Some(link) = self
+            .backend_ref()
+            .get(Table::Blobs(repo), &digest.to_string())
+            .await?
+        else {
             return Err(blob_unknown(digest));
+        };
+        if gc::link_is_stale(&link, self.now()) {
+            // Under the GC lock, so that a sweep either removed the link
+            // before (the blob is unknown) or sees the renewed one.
+            let _gc = self.inner.gc_lock.read().await;
+            if !self.is_linked(repo, digest).await? {
+                return Err(blob_unknown(digest));
+            }
+            self.link(repo, digest).await?;
         }
         self.backend_ref()
             .blob_size(digest)
@@ -568,10 +684,12 @@ impl Registry {
         let be = self.backend_ref();
         be.write_blob(&digest, bytes).await?;
         let subject = info.subject.as_ref().map(|s| s.digest.clone());
+        let pushed = Some(unix_secs(self.now()));
         let record = ManifestRecord {
             media_type: info.media_type.clone(),
             size,
             subject,
+            pushed,
         };
         let record = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
         be.put(Table::Manifests(repo), &digest.to_string(), record.into())
@@ -587,12 +705,12 @@ impl Registry {
             .await?;
         }
         if let Reference::Tag(tag) = reference {
-            be.put(
-                Table::Tags(repo),
-                tag.as_str(),
-                Bytes::from(digest.to_string()),
-            )
-            .await?;
+            let value = TagRecord {
+                digest: digest.clone(),
+                pushed,
+            };
+            be.put(Table::Tags(repo), tag.as_str(), value.to_bytes()?)
+                .await?;
         }
         tracing::debug!(%digest, media_type = %info.media_type, "manifest stored");
         Ok(PutManifest { digest, info })
@@ -615,15 +733,17 @@ impl Registry {
         Ok(Some(record))
     }
 
-    async fn resolve_tag(&self, repo: &RepositoryName, tag: &str) -> Result<Option<Digest>> {
+    async fn tag_record(&self, repo: &RepositoryName, tag: &str) -> Result<Option<TagRecord>> {
         let Some(raw) = self.backend_ref().get(Table::Tags(repo), tag).await? else {
             return Ok(None);
         };
-        let digest = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        let record = TagRecord::parse(&raw)
             .ok_or_else(|| corrupt(format!("tag {repo}:{tag} is corrupt")))?;
-        Ok(Some(digest))
+        Ok(Some(record))
+    }
+
+    async fn resolve_tag(&self, repo: &RepositoryName, tag: &str) -> Result<Option<Digest>> {
+        Ok(self.tag_record(repo, tag).await?.map(|r| r.digest))
     }
 
     /// The digest a reference names in `repo`, if the manifest is there.
@@ -814,6 +934,22 @@ impl Registry {
         for tag in self.backend_ref().keys(Table::Tags(repo)).await? {
             if let Some(d) = self.resolve_tag(repo, &tag).await? {
                 out.push((tag, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every tag of `repo` with the digest it points at and when it was last
+    /// pushed, sorted by tag.
+    pub async fn tags_detailed(&self, repo: &RepositoryName) -> Result<Vec<TagInfo>> {
+        let mut out = Vec::new();
+        for tag in self.backend_ref().keys(Table::Tags(repo)).await? {
+            if let Some(record) = self.tag_record(repo, &tag).await? {
+                out.push(TagInfo {
+                    name: tag,
+                    digest: record.digest,
+                    pushed_at: record.pushed.map(from_unix_secs),
+                });
             }
         }
         Ok(out)

@@ -1,27 +1,101 @@
-//! Garbage collection: expiry of abandoned upload sessions and mark and
-//! sweep of blobs nothing needs any more.
+//! Retention and garbage collection: expired tags, then a mark and sweep of
+//! manifests, blob links, blobs and abandoned upload sessions.
 //!
-//! Live blobs are every manifest of every repository, everything those
-//! manifests reference (config, layers, child manifests) and every blob
-//! linked into a repository. A link that no manifest of its repository
-//! references is itself expired once older than
-//! [`GcOptions::unreferenced_link_max_age`] (when set): that is how the layers
-//! of deleted manifests become collectable, while the blobs of a push in
-//! progress (uploaded, manifest not yet pushed) stay.
+//! [`Registry::prune`] is the one entry point of the intermediate registry:
 //!
-//! Tags and manifests are never removed here: which images expire is
-//! retention policy, applied by deleting manifests before collecting.
+//! 1. **Uploads**: sessions started at least [`PruneOptions::upload_max_age`]
+//!    ago are removed.
+//! 2. **Retention** (per repository, under its lock): tags that the
+//!    [`RetentionPolicy`] expires are deleted, unless re-pushed meanwhile.
+//!    Tags and manifest records written before push times were recorded are
+//!    stamped with the current time at first sight, so they can expire
+//!    later but never on missing data.
+//! 3. **Mark**: the roots of a repository are its tags and its manifests
+//!    pushed within the grace period (an index's children are pushed before
+//!    it, untagged). From them, every child of an index or manifest list and
+//!    every manifest whose `subject` is marked (a referrer) is marked, in all
+//!    four manifest formats; a marked manifest marks its own bytes, its
+//!    config and its layers.
+//! 4. **Sweep**: unmarked manifests leave their repository (with their
+//!    referrer record); blob links that no marked manifest of the repository
+//!    references are removed once older than the grace period; then every
+//!    stored blob that is neither marked nor linked anywhere is deleted.
+//!
+//! **Why a push in progress never loses a blob.** Every write that makes a
+//! blob reachable (an upload's commit and link, a mount, a manifest push
+//! with its checks) holds the registry's GC lock shared; mark and sweep hold
+//! it exclusively. So the sweep never sees a blob stored but not yet linked,
+//! and a manifest push either completes before the mark (the manifest is
+//! younger than the grace period, so a root, and marks its blobs) or starts
+//! after the sweep (it then sees exactly which links are left, and a missing
+//! one fails the push with `MANIFEST_BLOB_UNKNOWN` instead of storing a
+//! manifest with a dangling blob). A blob uploaded but not yet referenced
+//! is linked, and its link is younger than the grace period, so it stays:
+//! a push has the grace period between its blob uploads and its manifest.
+//! A blob the client skipped uploading because the registry has it (HEAD)
+//! is covered the same way: checking a link renews it when it is more than
+//! a few minutes old ([`Registry::stat_blob`]).
+//! Uploads themselves stream while GC runs; only their final commit waits.
+//! The locks are in-process: run GC in the process that serves the storage
+//! root (a separate process is safe only by the grace period).
+//!
+//! [`Registry::collect_garbage`] is the older, narrower operation: no
+//! retention, every manifest is a root, and links expire only when asked.
 
-use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use speculum_oci::{Digest, Reference, manifest};
+use speculum_oci::{Digest, RepositoryName, manifest};
 
-use super::{Registry, corrupt};
+use super::{ManifestRecord, Registry, corrupt, from_unix_secs, unix_secs};
 use crate::backend::{Table, UploadId};
-use crate::{Error, Result};
+use crate::{Result, RetentionPolicy};
 
-/// What a garbage collection removes.
+/// What [`Registry::prune`] does: the retention policy, the grace period,
+/// and whether to only report.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PruneOptions {
+    /// Which tags expire (default: none).
+    pub retention: RetentionPolicy,
+    /// How long untagged manifests and unreferenced blob links are kept
+    /// after they were last pushed (default: one hour). A push must link
+    /// its blobs and push its manifest within it.
+    pub grace_period: Duration,
+    /// Remove upload sessions started at least this long ago (default: one
+    /// day, so that a slow upload of a big layer is not cut off).
+    pub upload_max_age: Duration,
+    /// Only report what would be removed (default: false).
+    pub dry_run: bool,
+    /// The time ages are measured from (default: `None`, the registry's
+    /// clock, see [`Registry::set_clock`]).
+    pub now: Option<SystemTime>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            retention: RetentionPolicy::default(),
+            grace_period: Duration::from_secs(3600),
+            upload_max_age: Duration::from_secs(24 * 3600),
+            dry_run: false,
+            now: None,
+        }
+    }
+}
+
+impl PruneOptions {
+    /// The defaults with `retention`.
+    pub fn new(retention: RetentionPolicy) -> PruneOptions {
+        PruneOptions {
+            retention,
+            ..PruneOptions::default()
+        }
+    }
+}
+
+/// What [`Registry::collect_garbage`] removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GcOptions {
@@ -46,18 +120,128 @@ impl Default for GcOptions {
     }
 }
 
-/// What a garbage collection removed (or would have, in a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A tag deleted by retention.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RemovedTag {
+    /// Its repository.
+    pub repository: String,
+    /// The tag.
+    pub tag: String,
+    /// The manifest it pointed at.
+    pub digest: Digest,
+}
+
+/// A manifest removed from a repository.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RemovedManifest {
+    /// Its repository.
+    pub repository: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// A blob link removed from a repository.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RemovedLink {
+    /// Its repository.
+    pub repository: String,
+    /// The blob.
+    pub digest: Digest,
+}
+
+/// What a prune or garbage collection removed (or would have, in a dry
+/// run). Serializes to JSON with everything listed; [`GcReport::summary`]
+/// has only the counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct GcReport {
-    /// Upload sessions removed.
-    pub uploads_removed: Vec<UploadId>,
+    /// Whether this was a dry run (nothing was removed).
+    pub dry_run: bool,
+    /// Tags deleted by retention.
+    pub tags_deleted: Vec<RemovedTag>,
+    /// Manifests removed because nothing reachable needs them.
+    pub manifests_deleted: Vec<RemovedManifest>,
     /// Blob links removed, per repository.
-    pub links_removed: Vec<(speculum_oci::RepositoryName, Digest)>,
-    /// Blobs removed from storage.
+    pub links_removed: Vec<RemovedLink>,
+    /// Blobs kept (marked or linked).
+    pub blobs_kept: u64,
+    /// Blobs removed from storage, sorted.
     pub blobs_removed: Vec<Digest>,
     /// The bytes those blobs held.
     pub bytes_freed: u64,
+    /// Upload sessions removed.
+    pub uploads_removed: Vec<UploadId>,
+    /// How long it took.
+    #[serde(rename = "duration_seconds", serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// The counts of a [`GcReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct GcSummary {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Tags deleted by retention.
+    pub tags_deleted: usize,
+    /// Manifests removed.
+    pub manifests_deleted: usize,
+    /// Blob links removed.
+    pub links_removed: usize,
+    /// Blobs kept.
+    pub blobs_kept: u64,
+    /// Blobs removed.
+    pub blobs_removed: usize,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Upload sessions removed.
+    pub uploads_removed: usize,
+    /// How long it took.
+    #[serde(rename = "duration_seconds", serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+impl GcReport {
+    /// The counts only.
+    pub fn summary(&self) -> GcSummary {
+        GcSummary {
+            dry_run: self.dry_run,
+            tags_deleted: self.tags_deleted.len(),
+            manifests_deleted: self.manifests_deleted.len(),
+            links_removed: self.links_removed.len(),
+            blobs_kept: self.blobs_kept,
+            blobs_removed: self.blobs_removed.len(),
+            bytes_freed: self.bytes_freed,
+            uploads_removed: self.uploads_removed.len(),
+            duration: self.duration,
+        }
+    }
+}
+
+impl std::fmt::Display for GcSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{} tags, {} manifests, {} links, {} blobs ({} bytes), {} uploads removed; \
+             {} blobs kept; {:.3} s",
+            if self.dry_run { "dry run: " } else { "" },
+            self.tags_deleted,
+            self.manifests_deleted,
+            self.links_removed,
+            self.blobs_removed,
+            self.bytes_freed,
+            self.uploads_removed,
+            self.blobs_kept,
+            self.duration.as_secs_f64(),
+        )
+    }
 }
 
 /// The value stored in a blob link: when it was made, in Unix seconds.
@@ -72,82 +256,349 @@ fn link_time(value: &[u8]) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// How old a link may get before reading it through
+/// [`Registry::stat_blob`] renews it.
+const LINK_RENEWAL: Duration = Duration::from_secs(300);
+
+/// Whether a link (its stored value) is old enough to renew; a link of
+/// unknown time is.
+pub(super) fn link_is_stale(value: &[u8], now: SystemTime) -> bool {
+    link_time(value).is_none_or(|linked| age(now, linked) >= LINK_RENEWAL)
+}
+
+/// How old something written at `then` is at `now` (zero if in the future).
+fn age(now: SystemTime, then: SystemTime) -> Duration {
+    now.duration_since(then).unwrap_or_default()
+}
+
+/// One run's settings, shared by both entry points.
+struct Plan<'a> {
+    retention: Option<&'a RetentionPolicy>,
+    /// `None`: every manifest is a root and none is removed. `Some(grace)`:
+    /// roots are tags and manifests pushed less than `grace` ago.
+    manifest_grace: Option<Duration>,
+    /// Unreferenced links older than this go; `None` keeps them all.
+    link_max_age: Option<Duration>,
+    upload_max_age: Duration,
+    dry_run: bool,
+    now: SystemTime,
+}
+
+/// What a manifest references, by digest (content-addressed, so a parse is
+/// valid for as long as the digest exists).
+struct Refs {
+    blobs: Vec<Digest>,
+    children: Vec<Digest>,
+}
+
+type RefsCache = HashMap<Digest, Arc<Refs>>;
+
 impl Registry {
-    /// Collect garbage (see the module docs). Writes that make blobs
-    /// reachable wait while the mark and sweep run.
+    /// Apply retention, then mark and sweep (see the module docs): the one
+    /// entry point for the intermediate registry's `prune` and its schedule.
+    /// Tags are deleted only by the retention policy; a dry run reports the
+    /// same as a real run would and changes nothing.
+    #[tracing::instrument(level = "info", skip_all, fields(dry_run = options.dry_run))]
+    pub async fn prune(&self, options: &PruneOptions) -> Result<GcReport> {
+        let plan = Plan {
+            retention: Some(&options.retention),
+            manifest_grace: Some(options.grace_period),
+            link_max_age: Some(options.grace_period),
+            upload_max_age: options.upload_max_age,
+            dry_run: options.dry_run,
+            now: options.now.unwrap_or_else(|| self.now()),
+        };
+        self.run_gc(&plan).await
+    }
+
+    /// Collect garbage without retention: every manifest is kept (and
+    /// marks what it references), upload sessions older than
+    /// [`GcOptions::upload_max_age`] and, when asked, unreferenced links are
+    /// removed, then every blob nothing marks or links. Prefer
+    /// [`Registry::prune`], which also removes unreachable manifests.
     pub async fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
-        let mut report = GcReport::default();
-        let now = SystemTime::now();
+        let plan = Plan {
+            retention: None,
+            manifest_grace: None,
+            link_max_age: options.unreferenced_link_max_age,
+            upload_max_age: options.upload_max_age,
+            dry_run: options.dry_run,
+            now: self.now(),
+        };
+        self.run_gc(&plan).await
+    }
+
+    async fn run_gc(&self, plan: &Plan<'_>) -> Result<GcReport> {
+        let started = Instant::now();
+        let mut report = GcReport {
+            dry_run: plan.dry_run,
+            ..GcReport::default()
+        };
+        let now_secs = unix_secs(plan.now);
         for (id, info) in self.uploads().await? {
-            if now.duration_since(info.started).unwrap_or_default() >= options.upload_max_age {
-                if !options.dry_run {
+            if age(plan.now, info.started) >= plan.upload_max_age {
+                if !plan.dry_run {
                     self.purge_upload(&id).await?;
                 }
                 report.uploads_removed.push(id);
             }
         }
 
-        let _gc = self.inner.gc_lock.write().await;
-        let be = self.backend_ref();
-        let mut live = HashSet::new();
+        // Retention and first-sight stamps, one repository at a time under
+        // its lock, so a concurrent push of the same tag wins. Manifests are
+        // parsed here too, outside the GC lock, to keep the time pushes wait
+        // short.
+        let mut expired: HashSet<(RepositoryName, String)> = HashSet::new();
+        let mut cache = RefsCache::new();
         for repo in self.repositories().await? {
-            let mut referenced = HashSet::new();
+            self.retain(&repo, plan, now_secs, &mut expired, &mut report)
+                .await?;
             for digest in self.manifests(&repo).await? {
-                let stored = match self
-                    .get_manifest(&repo, &Reference::Digest(digest.clone()))
-                    .await
-                {
-                    Ok(m) => m,
-                    // Registered but its bytes are gone: nothing to mark.
-                    Err(Error::Client { .. }) => continue,
-                    Err(e) => return Err(e),
-                };
-                let info = manifest::parse(Some(&stored.media_type), &stored.bytes)
-                    .map_err(|e| corrupt(format!("stored manifest {repo}@{digest}: {e}")))?;
-                referenced.extend(info.blobs().map(|d| d.digest.clone()));
-                referenced.extend(info.manifests.iter().map(|d| d.digest.clone()));
-                referenced.insert(digest);
+                self.refs(&repo, &digest, &mut cache).await?;
             }
-            for digest in self.linked_blobs(&repo).await? {
-                let expired = match options.unreferenced_link_max_age {
-                    Some(max_age) if !referenced.contains(&digest) => {
-                        let value = be.get(Table::Blobs(&repo), &digest.to_string()).await?;
-                        value.as_deref().and_then(link_time).is_some_and(|linked| {
-                            now.duration_since(linked).unwrap_or_default() >= max_age
-                        })
-                    }
-                    _ => false,
-                };
-                if expired {
-                    if !options.dry_run {
-                        be.remove(Table::Blobs(&repo), &digest.to_string()).await?;
-                    }
-                    report.links_removed.push((repo.clone(), digest));
-                } else {
-                    live.insert(digest);
-                }
-            }
-            live.extend(referenced);
         }
 
+        let gc = self.inner.gc_lock.write().await;
+        let mut live: HashSet<Digest> = HashSet::new();
+        for repo in self.repositories().await? {
+            self.mark_and_sweep_repo(&repo, plan, &expired, &mut cache, &mut live, &mut report)
+                .await?;
+        }
+        let be = self.backend_ref();
         for digest in self.blobs().await? {
             if live.contains(&digest) {
+                report.blobs_kept += 1;
                 continue;
             }
             report.bytes_freed += be.blob_size(&digest).await?.unwrap_or(0);
-            if !options.dry_run {
+            if !plan.dry_run {
                 be.delete_blob(&digest).await?;
             }
             report.blobs_removed.push(digest);
         }
+        drop(gc);
+
+        report.duration = started.elapsed();
         tracing::info!(
-            dry_run = options.dry_run,
-            uploads = report.uploads_removed.len(),
+            dry_run = plan.dry_run,
+            tags = report.tags_deleted.len(),
+            manifests = report.manifests_deleted.len(),
             links = report.links_removed.len(),
-            blobs = report.blobs_removed.len(),
+            blobs_removed = report.blobs_removed.len(),
+            blobs_kept = report.blobs_kept,
             bytes = report.bytes_freed,
+            uploads = report.uploads_removed.len(),
+            seconds = report.duration.as_secs_f64(),
             "garbage collected"
         );
         Ok(report)
+    }
+
+    /// Delete the tags of `repo` that retention expires (remembering them
+    /// in `expired`, which a dry run's mark treats as deleted) and stamp
+    /// tags and manifest records that have no push time.
+    async fn retain(
+        &self,
+        repo: &RepositoryName,
+        plan: &Plan<'_>,
+        now_secs: u64,
+        expired: &mut HashSet<(RepositoryName, String)>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let repo_lock = self.repo_lock(repo);
+        let _guard = repo_lock.lock().await;
+        let be = self.backend_ref();
+        for tag in be.keys(Table::Tags(repo)).await? {
+            let Some(mut record) = self.tag_record(repo, &tag).await? else {
+                continue;
+            };
+            let Some(pushed) = record.pushed else {
+                if !plan.dry_run {
+                    record.pushed = Some(now_secs);
+                    be.put(Table::Tags(repo), &tag, record.to_bytes()?).await?;
+                }
+                continue;
+            };
+            let tag_age = age(plan.now, from_unix_secs(pushed));
+            if plan
+                .retention
+                .is_some_and(|r| r.expires(repo.as_str(), &tag, tag_age))
+            {
+                if !plan.dry_run {
+                    be.remove(Table::Tags(repo), &tag).await?;
+                }
+                tracing::debug!(%repo, %tag, digest = %record.digest, "tag expired");
+                report.tags_deleted.push(RemovedTag {
+                    repository: repo.to_string(),
+                    tag: tag.clone(),
+                    digest: record.digest,
+                });
+                expired.insert((repo.clone(), tag));
+            }
+        }
+        if !plan.dry_run {
+            for digest in self.manifests(repo).await? {
+                if let Some(mut record) = self.manifest_record(repo, &digest).await?
+                    && record.pushed.is_none()
+                {
+                    record.pushed = Some(now_secs);
+                    let value = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+                    be.put(Table::Manifests(repo), &digest.to_string(), value.into())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the manifest `digest` of `repo` references, from `cache` or its
+    /// stored bytes; `None` if it is registered but its bytes are gone.
+    async fn refs(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        cache: &mut RefsCache,
+    ) -> Result<Option<Arc<Refs>>> {
+        if let Some(refs) = cache.get(digest) {
+            return Ok(Some(refs.clone()));
+        }
+        let stored = match self
+            .get_manifest(repo, &speculum_oci::Reference::Digest(digest.clone()))
+            .await
+        {
+            Ok(m) => m,
+            Err(crate::Error::Client { .. }) => {
+                // Gone meanwhile, or registered without its bytes: nothing
+                // to mark. Not cached: it may be pushed again.
+                tracing::debug!(%repo, %digest, "manifest unreadable, nothing to mark");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // A manifest that no longer parses cannot say what it needs: stop
+        // rather than guess.
+        let info = manifest::parse(Some(&stored.media_type), &stored.bytes)
+            .map_err(|e| corrupt(format!("stored manifest {repo}@{digest}: {e}")))?;
+        let refs = Arc::new(Refs {
+            blobs: info.blobs().map(|d| d.digest.clone()).collect(),
+            children: info.manifests.iter().map(|d| d.digest.clone()).collect(),
+        });
+        cache.insert(digest.clone(), refs.clone());
+        Ok(Some(refs))
+    }
+
+    /// Mark from the roots of `repo`, remove its unmarked manifests and
+    /// expired links, and add what it keeps to `live`. The caller holds the
+    /// GC lock exclusively.
+    async fn mark_and_sweep_repo(
+        &self,
+        repo: &RepositoryName,
+        plan: &Plan<'_>,
+        expired: &HashSet<(RepositoryName, String)>,
+        cache: &mut RefsCache,
+        live: &mut HashSet<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let be = self.backend_ref();
+        let mut records: HashMap<Digest, ManifestRecord> = HashMap::new();
+        for digest in self.manifests(repo).await? {
+            if let Some(record) = self.manifest_record(repo, &digest).await? {
+                records.insert(digest, record);
+            }
+        }
+        let mut referrers: HashMap<&Digest, Vec<&Digest>> = HashMap::new();
+        for (digest, record) in &records {
+            if let Some(subject) = &record.subject {
+                referrers.entry(subject).or_default().push(digest);
+            }
+        }
+
+        let mut work: Vec<Digest> = Vec::new();
+        for tag in be.keys(Table::Tags(repo)).await? {
+            // A dry run deleted nothing but must mark as if it had. (In a
+            // real run the tag is gone, or was pushed again since, and then
+            // counts: it and its manifest are new.)
+            if plan.dry_run && expired.contains(&(repo.clone(), tag.clone())) {
+                continue;
+            }
+            if let Some(record) = self.tag_record(repo, &tag).await? {
+                work.push(record.digest);
+            }
+        }
+        for (digest, record) in &records {
+            let root = match plan.manifest_grace {
+                None => true,
+                // Unknown push time (only in a dry run, which does not
+                // stamp): treat as just pushed.
+                Some(grace) => record
+                    .pushed
+                    .is_none_or(|p| age(plan.now, from_unix_secs(p)) < grace),
+            };
+            if root {
+                work.push(digest.clone());
+            }
+        }
+
+        let mut marked: HashSet<Digest> = HashSet::new();
+        let mut referenced: HashSet<Digest> = HashSet::new();
+        while let Some(digest) = work.pop() {
+            if !records.contains_key(&digest) || !marked.insert(digest.clone()) {
+                continue;
+            }
+            if let Some(refs) = self.refs(repo, &digest, cache).await? {
+                referenced.extend(refs.blobs.iter().cloned());
+                work.extend(refs.children.iter().cloned());
+            }
+            if let Some(list) = referrers.get(&digest) {
+                work.extend(list.iter().map(|d| (*d).clone()));
+            }
+        }
+
+        // Sweep manifests. Tags pointing at one can only be expired ones
+        // (in a dry run); referrer records go with it.
+        let mut doomed: Vec<&Digest> = records.keys().filter(|d| !marked.contains(*d)).collect();
+        doomed.sort();
+        for digest in doomed {
+            if !plan.dry_run {
+                let key = digest.to_string();
+                if let Some(subject) = &records[digest].subject {
+                    be.remove(Table::Referrers(repo, subject), &key).await?;
+                }
+                be.remove(Table::Manifests(repo), &key).await?;
+            }
+            tracing::debug!(%repo, %digest, "manifest removed");
+            report.manifests_deleted.push(RemovedManifest {
+                repository: repo.to_string(),
+                digest: digest.clone(),
+            });
+        }
+
+        for digest in self.linked_blobs(repo).await? {
+            let expired_link = match plan.link_max_age {
+                Some(max_age) if !referenced.contains(&digest) => {
+                    let value = be.get(Table::Blobs(repo), &digest.to_string()).await?;
+                    // An unknown link time keeps the link.
+                    value
+                        .as_deref()
+                        .and_then(link_time)
+                        .is_some_and(|linked| age(plan.now, linked) >= max_age)
+                }
+                _ => false,
+            };
+            if expired_link {
+                if !plan.dry_run {
+                    be.remove(Table::Blobs(repo), &digest.to_string()).await?;
+                }
+                report.links_removed.push(RemovedLink {
+                    repository: repo.to_string(),
+                    digest,
+                });
+            } else {
+                live.insert(digest);
+            }
+        }
+        live.extend(referenced);
+        live.extend(marked);
+        Ok(())
     }
 }
