@@ -26,6 +26,7 @@ mod handlers;
 mod route;
 mod serve;
 mod tls;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -41,6 +42,10 @@ pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, wr
 pub use error::{ApiError, ApiResult};
 pub use serve::Server;
 pub use tls::{GeneratedCert, TlsError, generate_certificate, server_config};
+pub use upstream::{
+    DEFAULT_TAG_TTL, UpstreamConfig, UpstreamConfigError, UpstreamError, UpstreamSettings,
+    Upstreams, validate_upstreams,
+};
 
 /// The header every response carries.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -54,14 +59,35 @@ pub struct AppState {
 struct Inner {
     registry: Registry,
     auth: AuthPolicy,
+    upstreams: Upstreams,
 }
 
 impl AppState {
     /// State over `registry`, guarded by `auth`.
     pub fn new(registry: Registry, auth: AuthPolicy) -> AppState {
         AppState {
-            inner: Arc::new(Inner { registry, auth }),
+            inner: Arc::new(Inner {
+                registry,
+                auth,
+                upstreams: Upstreams::none(),
+            }),
         }
+    }
+
+    /// The same state, with pull-through `upstreams` for their namespaces.
+    pub fn with_upstreams(self, upstreams: Upstreams) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                registry: self.inner.registry.clone(),
+                auth: self.inner.auth.clone(),
+                upstreams,
+            }),
+        }
+    }
+
+    /// The pull-through upstreams (none unless configured).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.inner.upstreams
     }
 
     /// The storage.

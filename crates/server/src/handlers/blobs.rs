@@ -68,11 +68,16 @@ fn wanted(value: &str, size: u64) -> Wanted {
     })
 }
 
-/// `GET`/`HEAD /v2/<name>/blobs/<digest>`, with `Range` support on GET.
+/// `GET`/`HEAD /v2/<name>/blobs/<digest>`, with `Range` support on GET; a
+/// miss in a proxied namespace is first fetched from its upstream.
 pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Response> {
     ctx.authorize(Action::Pull)?;
     let digest = parse_digest(digest)?;
     let registry = ctx.state.registry();
+    ctx.state
+        .upstreams()
+        .ensure_blob(registry, &repo.stored, &digest)
+        .await?;
     let size = registry.stat_blob(&repo.stored, &digest).await?;
     let digest_value = hv(digest.to_string())?;
     let is_head = ctx.method == axum::http::Method::HEAD;

@@ -61,14 +61,14 @@ pub(crate) async fn put(
 }
 
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`: the bytes and media type
-/// that were pushed.
+/// that were pushed (or fetched from the namespace's upstream on a miss).
 pub(crate) async fn get(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Response> {
     ctx.authorize(Action::Pull)?;
     let reference = parse_reference(reference)?;
     let manifest = ctx
         .state
-        .registry()
-        .get_manifest(&repo.stored, &reference)
+        .upstreams()
+        .manifest(ctx.state.registry(), &repo.stored, &reference)
         .await?;
     let length = manifest.bytes.len();
     let content_type = hv(&manifest.media_type)
