@@ -1,0 +1,238 @@
+"""Static checks: role layout and documentation, linters, Zuul job schema, the TOML writer."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+import support
+
+REPO = support.REPO
+ROLES = sorted(p for p in (REPO / 'roles').iterdir() if p.is_dir())
+SHARED = {'buildset_registry', 'intermediate_registry', 'container_images', 'docker_images',
+          'container_registry_credentials', 'docker_credentials', 'zuul_work_dir', 'container_command',
+          'docker_registry', 'docker_dockerfile', 'zuul_success'}
+
+sys.path.insert(0, str(REPO / 'roles/use-buildset-registry/module_utils'))
+import speculum_toml  # noqa: E402
+
+
+def _rst_with_includes(path: Path) -> str:
+    text = path.read_text()
+    def expand(match):
+        return _rst_with_includes((path.parent / match.group(1)).resolve())
+    return re.sub(r'^\.\. include:: (\S+)$', expand, text, flags=re.M)
+
+
+def _documented(role: Path) -> dict[str, str]:
+    """Top-level rolevar name -> its block of text, from README.rst and its includes."""
+    text = _rst_with_includes(role / 'README.rst')
+    blocks = re.split(r'^(?=\.\. zuul:rolevar:: )', text, flags=re.M)
+    out = {}
+    for block in blocks:
+        match = re.match(r'\.\. zuul:rolevar:: (\S+)', block)
+        if match:
+            out[match.group(1)] = block
+    return out
+
+
+def _specs(role: Path) -> dict:
+    return yaml.safe_load((role / 'meta/argument_specs.yaml').read_text())['argument_specs']
+
+
+def _defaults(role: Path) -> dict:
+    return yaml.safe_load((role / 'defaults/main.yaml').read_text()) or {}
+
+
+@pytest.mark.parametrize('role', ROLES, ids=lambda p: p.name)
+def test_role_layout(role):
+    for name in ('README.rst', 'defaults/main.yaml', 'meta/main.yaml', 'meta/argument_specs.yaml', 'tasks/main.yaml'):
+        assert (role / name).is_file(), f'{role.name} lacks {name}'
+    first = (role / 'README.rst').read_text().splitlines()[0]
+    assert first.endswith('.') and len(first) < 110, 'README.rst starts with a one-line summary'
+
+
+@pytest.mark.parametrize('role', ROLES, ids=lambda p: p.name)
+def test_every_variable_is_documented_and_specified(role):
+    documented = _documented(role)
+    specs = _specs(role)
+    spec_options = {name for entry in specs.values() for name in (entry.get('options') or {})}
+    defaults = _defaults(role)
+    prefix = role.name.replace('-', '_') + '_'
+    for name in spec_options | set(defaults):
+        assert name in documented, f'{role.name}: {name} is not documented in README.rst'
+        assert name.startswith(prefix) or name in SHARED, f'{role.name}: {name} lacks the role prefix'
+        assert ':type:' in documented[name], f'{role.name}: {name} has no :type:'
+    for name in defaults:
+        assert name in specs['main']['options'], f'{role.name}: {name} has no argument spec'
+        assert ':default:' in documented[name], f'{role.name}: {name} has no :default:'
+
+
+def test_only_yaml_extension():
+    for top in ('roles', 'playbooks', 'zuul.d', 'doc'):
+        assert list((REPO / top).rglob('*.yml')) == [], 'use .yaml'
+
+
+def test_loop_variables_use_the_prefix():
+    for path in (REPO / 'roles').rglob('*.yaml'):
+        for match in re.finditer(r'loop_var: (\S+)', path.read_text()):
+            assert match.group(1).startswith('zj_'), f'{path}: loop_var {match.group(1)}'
+
+
+def test_yamllint():
+    proc = subprocess.run([str(support.VENV_BIN / 'yamllint'), '-s', 'roles', 'playbooks', 'zuul.d', 'doc',
+                           '.ansible-lint', '.yamllint'], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ansible_lint():
+    proc = subprocess.run([str(support.VENV_BIN / 'ansible-lint'), '--nocolor', 'roles', 'playbooks'],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_playbooks_syntax(tmp_path):
+    env = support.Ansible(tmp_path).env()
+    for playbook in sorted((REPO / 'playbooks').rglob('*.yaml')):
+        proc = subprocess.run([str(support.VENV_BIN / 'ansible-playbook'), '--syntax-check', '-i', 'localhost,',
+                               str(playbook)], cwd=REPO, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f'{playbook}: {proc.stdout}{proc.stderr}'
+
+
+def test_detach_wrapper_syntax():
+    subprocess.run(['sh', '-n', str(REPO / 'roles/run-buildset-registry/files/speculum-detach')], check=True)
+
+
+# --- Zuul configuration -----------------------------------------------------
+
+def _jobs(documents):
+    return {item['job']['name']: item['job'] for item in documents if 'job' in item}
+
+
+def _validate_jobs(jobs):
+    """Zuul's own job schema (zuul.configloader.JobParser.schema), offline."""
+    from zuul import configloader
+
+    for job in jobs.values():
+        configloader.JobParser.schema(job)
+
+
+def test_zuul_jobs_pass_zuul_schema_and_structure():
+    documents = []
+    for path in sorted((REPO / 'zuul.d').glob('*.yaml')):
+        documents += yaml.safe_load(path.read_text())
+    for item in documents:
+        assert set(item) <= {'job', 'project-template', 'secret', 'nodeset'}, item
+    jobs = _jobs(documents)
+    _validate_jobs(jobs)
+    expected = {'speculum-buildset-registry', 'speculum-buildset-registry-consumer',
+                'build-container-image', 'upload-container-image', 'promote-container-image',
+                'build-docker-image', 'upload-docker-image', 'promote-docker-image'}
+    assert expected <= set(jobs)
+    def as_list(value):
+        return [value] if isinstance(value, str) else list(value or [])
+
+    provided = {p for job in jobs.values() for p in as_list(job.get('provides'))}
+    for job in jobs.values():
+        assert job.get('description'), f'{job["name"]} has no description'
+        if job.get('parent'):
+            assert job['parent'] in jobs, f'{job["name"]}: unknown parent {job["parent"]}'
+        for key in ('pre-run', 'run', 'post-run'):
+            for playbook in ([job[key]] if isinstance(job.get(key), str) else job.get(key, [])):
+                assert (REPO / playbook).is_file(), f'{job["name"]}: {playbook} is missing'
+        for need in as_list(job.get('requires')):
+            assert need in provided, f'{job["name"]} requires {need}, which no job provides'
+    assert jobs['speculum-buildset-registry']['requires'] and 'container-image' in jobs[
+        'speculum-buildset-registry']['requires']
+    assert jobs['build-container-image']['provides'] == 'container-image'
+
+
+def test_site_template_example():
+    from zuul.lib.yamlutil import encrypted_load
+
+    ours = {}
+    for path in sorted((REPO / 'zuul.d').glob('*.yaml')):
+        ours.update(_jobs(yaml.safe_load(path.read_text())))
+    documents = encrypted_load((REPO / 'doc/examples/site-jobs.yaml').read_text())
+    site = _jobs(documents)
+    _validate_jobs(site)
+    assert set(site) == {'yoursite-buildset-registry', 'yoursite-build-docker-image',
+                         'yoursite-upload-docker-image', 'yoursite-promote-docker-image'}
+    secrets = [item['secret'] for item in documents if 'secret' in item]
+    assert [s['name'] for s in secrets] == ['yoursite-intermediate-registry']
+    assert set(secrets[0]['data']) == {'host', 'port', 'username', 'password'}
+    for job in site.values():
+        assert job['parent'] in ours or job['parent'] in site
+        for secret in job.get('secrets', []):
+            assert secret['name'] == 'intermediate_registry'
+            assert secret['secret'] == 'yoursite-intermediate-registry'
+
+
+# --- the TOML writer of use-buildset-registry -------------------------------
+
+SAMPLES = [
+    '''
+unqualified-search-registries = ["docker.io", "quay.io"]
+short-name-mode = "enforcing"
+credential-helpers = []
+
+[aliases]
+"fedora" = "registry.fedoraproject.org/fedora"
+
+[[registry]]
+prefix = "docker.io"
+location = "docker.io"
+blocked = false
+mirror-by-digest-only = false
+
+[[registry.mirror]]
+location = "mirror.example.org:5000"
+insecure = true
+
+[[registry]]
+location = "weird \\"quoted\\" \\\\ name\\t"
+''',
+    '''
+debug = true
+[worker.oci]
+max-parallelism = 4
+gc = 1.5
+[registry."docker.io"]
+mirrors = ["zuul-jobs.buildset-registry:5000"]
+[registry."zuul-jobs.buildset-registry:5000"]
+ca = ["/etc/buildkit/ca.crt"]
+[[worker.oci.gcpolicy]]
+keepBytes = 512000000
+filters = ["type==source.local"]
+''',
+    '''
+server = "https://registry-1.docker.io"
+[host."https://mirror:5000"]
+capabilities = ["pull", "resolve"]
+skip_verify = false
+[host."https://mirror:5000".header]
+x-custom = ["a", "b"]
+''',
+    'when = 1979-05-27T07:32:00Z\nday = 1979-05-27\nnested = [[1, 2], ["a"]]\ninline = [{ a = 1 }, { b = 2 }]\n',
+]
+
+
+@pytest.mark.parametrize('text', SAMPLES)
+def test_toml_writer_round_trips(text):
+    data = tomllib.loads(text)
+    assert tomllib.loads(speculum_toml.dumps(data)) == data
+
+
+def test_toml_writer_values():
+    assert speculum_toml.dumps({}) == ''
+    data = {'a': 'x\u0001y', 'b': -3, 'c': float('inf'), 'd': datetime.date(2026, 1, 2), 'e': {}}
+    assert tomllib.loads(speculum_toml.dumps(data)) == data
+    with pytest.raises(speculum_toml.TomlError):
+        speculum_toml.dumps({'a': object()})
