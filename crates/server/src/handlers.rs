@@ -40,6 +40,11 @@ impl Ctx {
         self.state.auth().authorize(&self.headers, action)
     }
 
+    /// Who made this request, for the events it causes (webhooks).
+    pub(crate) fn origin(&self, identity: &Identity) -> crate::notify::Origin {
+        crate::notify::Origin::new(&self.method, &self.headers, identity)
+    }
+
     /// Resolve a raw name from the path in the request's namespace.
     fn repo(&self, raw: &str) -> ApiResult<Repo> {
         Repo::resolve(raw, self.query.get("ns"))

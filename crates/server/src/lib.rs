@@ -23,6 +23,7 @@ mod auth;
 mod buildset;
 mod error;
 mod handlers;
+mod notify;
 mod route;
 mod serve;
 mod tls;
@@ -40,6 +41,12 @@ use speculum_storage::Registry;
 pub use auth::{Access, Action, AuthPolicy, Identity, User};
 pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, write_info_file};
 pub use error::{ApiError, ApiResult};
+pub use notify::{
+    Action as EventAction, Endpoint as WebhookEndpoint, EndpointConfig as WebhookEndpointConfig,
+    EndpointStats as WebhookStats, Event, Format as WebhookFormat, HeaderValues, Notifier,
+    NotifierOptions, NotifyError, RequestInfo, SIGNATURE_HEADER, Target as EventTarget,
+    WebhookSettings, WebhooksConfig, signature as webhook_signature,
+};
 pub use serve::Server;
 pub use tls::{GeneratedCert, TlsError, generate_certificate, server_config};
 pub use upstream::{
@@ -56,9 +63,11 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     registry: Registry,
     auth: AuthPolicy,
+    notifier: Notifier,
     upstreams: Upstreams,
 }
 
@@ -69,6 +78,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 registry,
                 auth,
+                notifier: Notifier::disabled(),
                 upstreams: Upstreams::none(),
             }),
         }
@@ -78,11 +88,25 @@ impl AppState {
     pub fn with_upstreams(self, upstreams: Upstreams) -> AppState {
         AppState {
             inner: Arc::new(Inner {
-                registry: self.inner.registry.clone(),
-                auth: self.inner.auth.clone(),
                 upstreams,
+                ..(*self.inner).clone()
             }),
         }
+    }
+
+    /// The same state, reporting events to `notifier` (webhooks).
+    pub fn with_notifier(self, notifier: Notifier) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                notifier,
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// The webhook notifier (disabled unless configured).
+    pub fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
     }
 
     /// The pull-through upstreams (none unless configured).

@@ -28,7 +28,7 @@ pub(crate) async fn put(
     reference: &str,
     body: Body,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::Push)?;
+    let identity = ctx.authorize(Action::Push)?;
     let reference = parse_reference(reference)?;
     if ctx
         .content_length()
@@ -39,6 +39,7 @@ pub(crate) async fn put(
     let bytes = read_limited(body, MAX_MANIFEST_SIZE)
         .await?
         .ok_or_else(too_large)?;
+    let size = bytes.len() as u64;
     let content_type = ctx.header(header::CONTENT_TYPE);
     let pushed = ctx
         .state
@@ -47,6 +48,21 @@ pub(crate) async fn put(
         .await?;
     let digest = pushed.digest.to_string();
     tracing::info!(repo = %repo.stored, reference = %reference, digest, "manifest pushed");
+    let tag = match &reference {
+        Reference::Tag(tag) => Some(tag.as_str()),
+        Reference::Digest(_) => None,
+    };
+    ctx.state
+        .notifier()
+        .manifest_pushed(
+            ctx.origin(&identity),
+            repo.stored.as_str(),
+            tag,
+            &digest,
+            &pushed.info.media_type,
+            size,
+        )
+        .await;
     let mut response = StatusCode::CREATED.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -84,12 +100,25 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Re
 /// `DELETE /v2/<name>/manifests/<reference>`: by digest deletes the manifest,
 /// by tag deletes only that tag.
 pub(crate) async fn delete(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Response> {
-    ctx.authorize(Action::Delete)?;
+    let identity = ctx.authorize(Action::Delete)?;
     let reference = parse_reference(reference)?;
     ctx.state
         .registry()
         .delete_manifest(&repo.stored, &reference)
         .await?;
     tracing::info!(repo = %repo.stored, reference = %reference, "manifest deleted");
+    let (tag, digest) = match &reference {
+        Reference::Tag(tag) => (Some(tag.as_str()), None),
+        Reference::Digest(digest) => (None, Some(digest.to_string())),
+    };
+    ctx.state
+        .notifier()
+        .manifest_deleted(
+            ctx.origin(&identity),
+            repo.stored.as_str(),
+            tag,
+            digest.as_deref(),
+        )
+        .await;
     Ok(StatusCode::ACCEPTED.into_response())
 }

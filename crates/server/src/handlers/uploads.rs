@@ -58,7 +58,7 @@ fn created(repo: &Repo, digest: &Digest) -> ApiResult<Response> {
 /// `POST /v2/<name>/blobs/uploads/`: mount (`?mount=&from=`), a monolithic
 /// push (`?digest=` with the body), or a new session.
 pub(crate) async fn start(ctx: &Ctx, repo: &Repo, body: Body) -> ApiResult<Response> {
-    ctx.authorize(Action::Push)?;
+    let identity = ctx.authorize(Action::Push)?;
     let registry = ctx.state.registry();
     if let Some(mount) = ctx.query.get("mount") {
         let digest = parse_digest(mount)?;
@@ -70,6 +70,19 @@ pub(crate) async fn start(ctx: &Ctx, repo: &Repo, body: Body) -> ApiResult<Respo
                 {
                     Ok(true) => {
                         tracing::info!(repo = %repo.stored, from = %from.stored, %digest, "blob mounted");
+                        let notifier = ctx.state.notifier();
+                        if notifier.wants(crate::notify::Action::Mount) {
+                            let size = registry.stat_blob(&repo.stored, &digest).await.ok();
+                            notifier
+                                .blob_mounted(
+                                    ctx.origin(&identity),
+                                    repo.stored.as_str(),
+                                    from.stored.as_str(),
+                                    &digest.to_string(),
+                                    size,
+                                )
+                                .await;
+                        }
                         return created(repo, &digest);
                     }
                     Ok(false) | Err(speculum_storage::Error::Client { .. }) => {}
