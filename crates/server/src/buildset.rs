@@ -99,6 +99,9 @@ pub enum StartError {
     /// Reading the password or the OS RNG failed.
     #[error("cannot make the password: {0}")]
     Password(String),
+    /// The configuration cannot be used.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A running buildset registry.
@@ -150,7 +153,10 @@ impl BuildsetServer {
                     addr: options.listen,
                     source,
                 })?;
-        let auth = AuthPolicy::buildset(options.username.clone(), password.as_bytes());
+        // Tokens are signed with a random secret made now: they die with
+        // the registry.
+        let auth = AuthPolicy::buildset(options.username.clone(), password.as_bytes())
+            .with_tls(!options.insecure_http);
         let app = router(AppState::new(registry, auth));
         let server = Server::start(listener, app, tls).map_err(|source| StartError::Bind {
             addr: options.listen,

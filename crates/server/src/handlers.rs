@@ -8,8 +8,10 @@ mod base;
 mod blobs;
 mod catalog;
 mod manifests;
+mod ops;
 mod referrers;
 mod tags;
+mod token;
 mod uploads;
 
 use axum::body::Body;
@@ -22,7 +24,7 @@ use speculum_oci::{Digest, ErrorCode};
 use speculum_storage::BodyStream;
 
 use crate::AppState;
-use crate::auth::{Action, Identity};
+use crate::auth::{Action, Identity, Resource};
 use crate::error::{ApiError, ApiResult};
 use crate::route::{Query, Repo, Route};
 
@@ -35,9 +37,30 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Ask the auth policy whether this request may perform `action`.
-    pub(crate) fn authorize(&self, action: Action) -> ApiResult<Identity> {
-        self.state.auth().authorize(&self.headers, action)
+    /// Ask the auth policy whether this request may perform `action` on
+    /// `repo`.
+    pub(crate) async fn authorize(&self, repo: &Repo, action: Action) -> ApiResult<Identity> {
+        self.state
+            .auth()
+            .authorize(&self.headers, repo_resource(repo), action)
+            .await
+    }
+
+    /// Ask the auth policy whether this request may read the catalog.
+    pub(crate) async fn authorize_catalog(&self) -> ApiResult<Identity> {
+        self.state
+            .auth()
+            .authorize(&self.headers, Resource::Catalog, Action::Pull)
+            .await
+    }
+
+    /// Whether this request could perform `action` on `repo` (for optional
+    /// steps, such as checking a mount's source).
+    pub(crate) async fn allows(&self, repo: &Repo, action: Action) -> bool {
+        self.state
+            .auth()
+            .allows(&self.headers, repo_resource(repo), action)
+            .await
     }
 
     /// Who made this request, for the events it causes (webhooks).
@@ -62,22 +85,45 @@ impl Ctx {
     }
 }
 
+fn repo_resource(repo: &Repo) -> Resource<'_> {
+    Resource::Repository {
+        sent: repo.sent.as_str(),
+        stored: repo.stored.as_str(),
+    }
+}
+
 /// Route a request to its handler.
 pub(crate) async fn handle(state: &AppState, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let uri: Uri = parts.uri;
+    let mut headers = parts.headers;
+    // HTTP/2 requests carry the host as the URI's authority, not a header;
+    // the token realm is built from it.
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
+    let read = matches!(parts.method, Method::GET | Method::HEAD);
+    match uri.path() {
+        "/auth/token" if read => return token::get(state, &headers, &uri).await,
+        "/healthz" if read => return Ok(ops::healthz()),
+        "/metrics" if read => return Ok(ops::metrics(state)),
+        _ => {}
+    }
     let Some(route) = Route::parse(uri.path()) else {
         return Ok(crate::not_found());
     };
     let ctx = Ctx {
         method: parts.method,
-        headers: parts.headers,
+        headers,
         query: Query::from_uri(&uri)?,
         state: state.clone(),
     };
-    let read = matches!(ctx.method, Method::GET | Method::HEAD);
     match route {
-        Route::Base if read => base::get(&ctx),
+        Route::Base if read => base::get(&ctx).await,
         Route::Catalog if read => catalog::list(&ctx).await,
         Route::Tags { name } if read => tags::list(&ctx, &ctx.repo(name)?).await,
         Route::Manifest { name, reference } => {

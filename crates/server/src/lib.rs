@@ -20,13 +20,18 @@
 //! ```
 
 mod auth;
+mod body;
 mod buildset;
+pub mod config;
 mod error;
 mod handlers;
+mod intermediate;
+mod metrics;
 mod notify;
 mod route;
 mod serve;
 mod tls;
+pub mod token;
 mod upstream;
 
 use std::sync::Arc;
@@ -38,9 +43,12 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use speculum_storage::Registry;
 
-pub use auth::{Access, Action, AuthPolicy, Identity, User};
+pub use auth::{Access, Action, AuthPolicy, DEFAULT_SERVICE, Identity, User};
 pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, write_info_file};
+pub use config::{ConfigError, LogFormat, Settings};
 pub use error::{ApiError, ApiResult};
+pub use intermediate::{IntermediateServer, prune_options, run_prune};
+pub use metrics::{Collector, Exposition, Metrics, StorageFigures};
 pub use notify::{
     Action as EventAction, Endpoint as WebhookEndpoint, EndpointConfig as WebhookEndpointConfig,
     EndpointStats as WebhookStats, Event, Format as WebhookFormat, HeaderValues, Notifier,
@@ -48,7 +56,9 @@ pub use notify::{
     WebhookSettings, WebhooksConfig, signature as webhook_signature,
 };
 pub use serve::Server;
-pub use tls::{GeneratedCert, TlsError, generate_certificate, server_config};
+pub use tls::{
+    GeneratedCert, TlsError, generate_certificate, server_config, server_config_from_files,
+};
 pub use upstream::{
     DEFAULT_TAG_TTL, UpstreamConfig, UpstreamConfigError, UpstreamError, UpstreamSettings,
     Upstreams, validate_upstreams,
@@ -69,6 +79,8 @@ struct Inner {
     auth: AuthPolicy,
     notifier: Notifier,
     upstreams: Upstreams,
+    metrics: Arc<Metrics>,
+    serve_metrics: bool,
 }
 
 impl AppState {
@@ -80,6 +92,40 @@ impl AppState {
                 auth,
                 notifier: Notifier::disabled(),
                 upstreams: Upstreams::none(),
+                metrics: Metrics::new(),
+                serve_metrics: true,
+            }),
+        }
+    }
+
+    /// The same state, collecting into `metrics`; `serve` decides whether
+    /// `/metrics` answers (404 otherwise). Metrics are collected either way.
+    pub fn with_metrics(self, metrics: Arc<Metrics>, serve: bool) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                metrics,
+                serve_metrics: serve,
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Whether `/metrics` is served.
+    pub(crate) fn serve_metrics(&self) -> bool {
+        self.inner.serve_metrics
+    }
+
+    /// The same state, reporting events to `notifier` (webhooks).
+    pub fn with_notifier(self, notifier: Notifier) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                notifier,
+                ..(*self.inner).clone()
             }),
         }
     }
@@ -94,24 +140,14 @@ impl AppState {
         }
     }
 
-    /// The same state, reporting events to `notifier` (webhooks).
-    pub fn with_notifier(self, notifier: Notifier) -> AppState {
-        AppState {
-            inner: Arc::new(Inner {
-                notifier,
-                ..(*self.inner).clone()
-            }),
-        }
+    /// The pull-through upstreams (none unless configured).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.inner.upstreams
     }
 
     /// The webhook notifier (disabled unless configured).
     pub fn notifier(&self) -> &Notifier {
         &self.inner.notifier
-    }
-
-    /// The pull-through upstreams (none unless configured).
-    pub fn upstreams(&self) -> &Upstreams {
-        &self.inner.upstreams
     }
 
     /// The storage.
@@ -140,15 +176,24 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
     let is_head = request.method() == Method::HEAD;
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let label = route::label(&path);
+    let metrics = state.metrics().clone();
+    let uploading = label == "upload" || label == "uploads";
+    let _in_flight = uploading.then(|| body::InFlight::new(metrics.clone()));
+    let request = request.map(|b| body::counted(b, metrics.clone(), body::Direction::In));
     let mut response = match handlers::handle(&state, request).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
-    tracing::debug!(%method, path, status = response.status().as_u16(), "request");
+    let status = response.status().as_u16();
+    tracing::debug!(%method, path, status, "request");
+    metrics.record_request(label, method.as_str(), status);
     if is_head {
         // HEAD answers carry the headers of a GET and no body.
         let (parts, _) = response.into_parts();
         response = Response::from_parts(parts, Body::empty());
+    } else {
+        response = response.map(|b| body::counted(b, metrics.clone(), body::Direction::Out));
     }
     response
         .headers_mut()

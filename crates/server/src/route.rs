@@ -78,6 +78,28 @@ impl<'a> Route<'a> {
     }
 }
 
+/// The metrics label of a path: a fixed word per endpoint, never the
+/// repository name (which would make the label set unbounded).
+pub(crate) fn label(path: &str) -> &'static str {
+    match path {
+        "/auth/token" => return "token",
+        "/healthz" => return "healthz",
+        "/metrics" => return "metrics",
+        _ => {}
+    }
+    match Route::parse(path) {
+        Some(Route::Base) => "base",
+        Some(Route::Catalog) => "catalog",
+        Some(Route::Tags { .. }) => "tags",
+        Some(Route::Manifest { .. }) => "manifest",
+        Some(Route::Blob { .. }) => "blob",
+        Some(Route::Uploads { .. }) => "uploads",
+        Some(Route::Upload { .. }) => "upload",
+        Some(Route::Referrers { .. }) => "referrers",
+        None => "other",
+    }
+}
+
 /// The query parameters of a request (the last value wins).
 #[derive(Debug, Default)]
 pub(crate) struct Query(HashMap<String, String>);
@@ -104,6 +126,23 @@ impl Query {
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(String::as_str)
     }
+}
+
+/// Every value of `key` in `uri`'s query string, in order (the token
+/// endpoint takes several `scope`s). A malformed query gives none.
+pub(crate) fn query_all(uri: &Uri, key: &str) -> Vec<String> {
+    if uri.query().is_none() {
+        return Vec::new();
+    }
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|axum::extract::Query(pairs)| {
+            pairs
+                .into_iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Registry hosts that mean Docker Hub.

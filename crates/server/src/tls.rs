@@ -33,6 +33,9 @@ pub enum TlsError {
     /// rustls rejected the configuration.
     #[error("invalid TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    /// The certificate or key file cannot be read or parsed.
+    #[error("cannot load TLS files: {0}")]
+    Files(String),
 }
 
 /// A generated CA and the server certificate it signed.
@@ -117,6 +120,36 @@ pub fn server_config(cert: &GeneratedCert) -> Result<Arc<ServerConfig>, TlsError
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(cert.chain.clone(), key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A rustls server configuration (ring provider, HTTP/2 and HTTP/1.1) from
+/// PEM files: a certificate chain and a private key (PKCS#8, PKCS#1 or SEC1).
+pub fn server_config_from_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = |path: &std::path::Path, e: rustls::pki_types::pem::Error| {
+        TlsError::Files(format!("{}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem(cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem(cert, e))?;
+    if chain.is_empty() {
+        return Err(TlsError::Files(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, e))?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, private)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

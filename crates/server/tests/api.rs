@@ -233,14 +233,16 @@ fn index(media: &str, children: &[(&Digest, usize, &str)]) -> Vec<u8> {
 // ---------------------------------------------------------------- base
 
 async fn base(f: Fixture) {
-    let r = f.get("/v2/").await;
-    r.expect(200);
-    assert!(
-        r.header("www-authenticate")
-            .unwrap()
-            .starts_with("Basic realm=")
+    // Anonymous: 401 with a Bearer challenge, even though anonymous pulls
+    // are allowed (Docker reads challenges only from this probe).
+    let r = f.anon("GET", "/v2/", &[("host", "reg.example:5000")], Body::empty()).await;
+    r.expect_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"http://reg.example:5000/auth/token\",service=\"speculum\"")
     );
-    f.get("/v2").await.expect(200);
+    f.get("/v2").await.expect(401);
+    f.send("GET", "/v2", &[], Body::empty()).await.expect(200);
     let r = f.send("GET", "/v2/", &[], Body::empty()).await;
     r.expect(200);
     assert!(r.header("www-authenticate").is_none());
@@ -1198,7 +1200,10 @@ async fn auth(f: Fixture) {
         r.expect_error(401, "UNAUTHORIZED");
         assert_eq!(
             r.header("www-authenticate"),
-            Some("Basic realm=\"speculum\"")
+            Some(
+                "Bearer realm=\"http://localhost/auth/token\",service=\"speculum\",\
+                 scope=\"repository:auth/img:pull,push\""
+            )
         );
         let r = f
             .anon(

@@ -105,7 +105,13 @@ async fn buildset_over_tls() {
     ] {
         let head = "GET /v2/ HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n";
         let response = tls_request(addr, &info, name, head).await;
-        assert!(response.starts_with("HTTP/1.1 200"), "{name}: {response}");
+        assert!(response.starts_with("HTTP/1.1 401"), "{name}: {response}");
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("www-authenticate: bearer realm=\"https://r/auth/token\""),
+            "{response}"
+        );
         assert!(
             response
                 .to_ascii_lowercase()
@@ -128,7 +134,7 @@ async fn buildset_over_tls() {
     assert!(
         response
             .to_ascii_lowercase()
-            .contains("www-authenticate: basic realm=\"speculum\"")
+            .contains("www-authenticate: bearer realm=\"https://r/auth/token\",service=\"speculum\",scope=\"repository:x:pull,push\"")
     );
     let wrong = put(Some(b64(format!("zuul:{}x", info.password))));
     let response = tls_request(addr, &info, "127.0.0.1", &wrong).await;

@@ -71,7 +71,7 @@ fn wanted(value: &str, size: u64) -> Wanted {
 /// `GET`/`HEAD /v2/<name>/blobs/<digest>`, with `Range` support on GET; a
 /// miss in a proxied namespace is first fetched from its upstream.
 pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Response> {
-    ctx.authorize(Action::Pull)?;
+    ctx.authorize(repo, Action::Pull).await?;
     let digest = parse_digest(digest)?;
     let registry = ctx.state.registry();
     ctx.state
@@ -131,7 +131,7 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Respo
 
 /// `DELETE /v2/<name>/blobs/<digest>`
 pub(crate) async fn delete(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Response> {
-    ctx.authorize(Action::Delete)?;
+    ctx.authorize(repo, Action::Delete).await?;
     let digest = parse_digest(digest)?;
     ctx.state
         .registry()

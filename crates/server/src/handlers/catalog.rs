@@ -5,13 +5,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::{Ctx, hv};
-use crate::auth::Action;
 use crate::error::ApiResult;
 use crate::handlers::tags::{next_link, pagination};
 
 /// `GET /v2/_catalog?n=&last=`
 pub(crate) async fn list(ctx: &Ctx) -> ApiResult<Response> {
-    ctx.authorize(Action::Pull)?;
+    ctx.authorize_catalog().await?;
     let (n, last) = pagination(ctx)?;
     let page = ctx.state.registry().catalog(last, n).await?;
     let link = if page.more {

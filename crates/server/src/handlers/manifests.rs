@@ -28,7 +28,7 @@ pub(crate) async fn put(
     reference: &str,
     body: Body,
 ) -> ApiResult<Response> {
-    let identity = ctx.authorize(Action::Push)?;
+    let identity = ctx.authorize(repo, Action::Push).await?;
     let reference = parse_reference(reference)?;
     if ctx
         .content_length()
@@ -79,7 +79,7 @@ pub(crate) async fn put(
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`: the bytes and media type
 /// that were pushed (or fetched from the namespace's upstream on a miss).
 pub(crate) async fn get(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Response> {
-    ctx.authorize(Action::Pull)?;
+    ctx.authorize(repo, Action::Pull).await?;
     let reference = parse_reference(reference)?;
     let manifest = ctx
         .state
@@ -100,7 +100,7 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Re
 /// `DELETE /v2/<name>/manifests/<reference>`: by digest deletes the manifest,
 /// by tag deletes only that tag.
 pub(crate) async fn delete(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Response> {
-    let identity = ctx.authorize(Action::Delete)?;
+    let identity = ctx.authorize(repo, Action::Delete).await?;
     let reference = parse_reference(reference)?;
     ctx.state
         .registry()

@@ -12,7 +12,7 @@ use crate::route::Repo;
 /// `GET /v2/<name>/referrers/<digest>?artifactType=`: always an OCI index
 /// (empty when nothing refers to the digest, even in an unknown repository).
 pub(crate) async fn list(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Response> {
-    ctx.authorize(Action::Pull)?;
+    ctx.authorize(repo, Action::Pull).await?;
     let digest = parse_digest(digest)?;
     let artifact_type = ctx.query.get("artifactType").filter(|t| !t.is_empty());
     let manifests = match ctx

@@ -12,7 +12,7 @@ use crate::route::Repo;
 
 /// `GET /v2/<name>/tags/list?n=&last=`
 pub(crate) async fn list(ctx: &Ctx, repo: &Repo) -> ApiResult<Response> {
-    ctx.authorize(Action::Pull)?;
+    ctx.authorize(repo, Action::Pull).await?;
     let (n, last) = pagination(ctx)?;
     let page = ctx
         .state

@@ -58,12 +58,17 @@ fn created(repo: &Repo, digest: &Digest) -> ApiResult<Response> {
 /// `POST /v2/<name>/blobs/uploads/`: mount (`?mount=&from=`), a monolithic
 /// push (`?digest=` with the body), or a new session.
 pub(crate) async fn start(ctx: &Ctx, repo: &Repo, body: Body) -> ApiResult<Response> {
-    let identity = ctx.authorize(Action::Push)?;
+    let identity = ctx.authorize(repo, Action::Push).await?;
     let registry = ctx.state.registry();
     if let Some(mount) = ctx.query.get("mount") {
         let digest = parse_digest(mount)?;
         if let Some(from) = ctx.query.get("from") {
             match Repo::resolve(from, ctx.query.get("ns")) {
+                // Mounting reads the source: a token scoped to the target
+                // alone gets an upload session instead.
+                Ok(from) if !ctx.allows(&from, Action::Pull).await => {
+                    tracing::debug!(from = %from.stored, "no pull access to the mount source");
+                }
                 Ok(from) => match registry
                     .mount_blob(&repo.stored, &from.stored, &digest)
                     .await
@@ -150,7 +155,7 @@ async fn check_offset(ctx: &Ctx, repo: &Repo, id: &str, start: Option<u64>) -> A
 /// `PATCH /v2/<name>/blobs/uploads/<id>`: append a chunk (with
 /// `Content-Range`) or stream the rest of the blob (without).
 pub(crate) async fn patch(ctx: &Ctx, repo: &Repo, id: &str, body: Body) -> ApiResult<Response> {
-    ctx.authorize(Action::Push)?;
+    ctx.authorize(repo, Action::Push).await?;
     check_id(id)?;
     let start = content_range(ctx)?;
     check_offset(ctx, repo, id, start).await?;
@@ -165,7 +170,7 @@ pub(crate) async fn patch(ctx: &Ctx, repo: &Repo, id: &str, body: Body) -> ApiRe
 /// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the last chunk (optional)
 /// and the digest the whole upload must have.
 pub(crate) async fn finish(ctx: &Ctx, repo: &Repo, id: &str, body: Body) -> ApiResult<Response> {
-    ctx.authorize(Action::Push)?;
+    ctx.authorize(repo, Action::Push).await?;
     check_id(id)?;
     let digest = ctx.query.get("digest").ok_or_else(|| {
         ApiError::new(ErrorCode::DigestInvalid).message("the digest parameter is required")
@@ -189,7 +194,7 @@ pub(crate) async fn finish(ctx: &Ctx, repo: &Repo, id: &str, body: Body) -> ApiR
 
 /// `GET /v2/<name>/blobs/uploads/<id>`: how much the session holds.
 pub(crate) async fn status(ctx: &Ctx, repo: &Repo, id: &str) -> ApiResult<Response> {
-    ctx.authorize(Action::Push)?;
+    ctx.authorize(repo, Action::Push).await?;
     check_id(id)?;
     let size = ctx.state.registry().upload_status(&repo.stored, id).await?;
     session(StatusCode::NO_CONTENT, repo, id, size)
@@ -197,7 +202,7 @@ pub(crate) async fn status(ctx: &Ctx, repo: &Repo, id: &str) -> ApiResult<Respon
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`: cancel the session.
 pub(crate) async fn cancel(ctx: &Ctx, repo: &Repo, id: &str) -> ApiResult<Response> {
-    ctx.authorize(Action::Push)?;
+    ctx.authorize(repo, Action::Push).await?;
     check_id(id)?;
     ctx.state.registry().cancel_upload(&repo.stored, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
