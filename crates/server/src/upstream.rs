@@ -194,11 +194,7 @@ impl Upstreams {
     ) -> ApiResult<StoredManifest> {
         match self.find(repo) {
             None => Ok(registry.get_manifest(repo, reference).await?),
-            Some((upstream, remote)) => {
-                upstream
-                    .manifest(registry, repo, &remote, reference)
-                    .await
-            }
+            Some((upstream, remote)) => upstream.manifest(registry, repo, &remote, reference).await,
         }
     }
 
@@ -277,7 +273,9 @@ impl Drop for Flight<'_> {
     fn drop(&mut self) {
         let mut map = lock(self.map);
         // Ours plus the map's: nobody else is waiting.
-        if map.get(&self.key).is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
             && Arc::strong_count(&self.lock) <= 3
         {
             map.remove(&self.key);
@@ -468,10 +466,7 @@ impl Upstream {
             return Ok(cached);
         }
         let head = self
-            .call(
-                RECHECK_TIMEOUT,
-                self.client.head_manifest(remote, &key.1),
-            )
+            .call(RECHECK_TIMEOUT, self.client.head_manifest(remote, &key.1))
             .await;
         let served = match head {
             Ok(Some((digest, _))) if digest == cached.digest => {
@@ -526,10 +521,14 @@ impl Upstream {
             })?;
         let bad = |why: String| {
             tracing::warn!(%remote, reference = %what, error = %why, "upstream sent an unusable manifest");
-            self.unknown(ErrorCode::ManifestUnknown, what.clone(), &Failure::Failed(why))
+            self.unknown(
+                ErrorCode::ManifestUnknown,
+                what.clone(),
+                &Failure::Failed(why),
+            )
         };
-        let info = manifest::parse(Some(&raw.media_type), &raw.bytes)
-            .map_err(|e| bad(e.to_string()))?;
+        let info =
+            manifest::parse(Some(&raw.media_type), &raw.bytes).map_err(|e| bad(e.to_string()))?;
         tracing::info!(%remote, reference = %what, digest = %raw.digest, media_type = %info.media_type, "fetched manifest from upstream");
         let served = StoredManifest {
             digest: raw.digest.clone(),
@@ -661,7 +660,10 @@ impl Upstream {
                 (p, tags)
             };
             let mut references = vec![Reference::Digest(digest.clone())];
-            references.extend(tags.iter().filter_map(|t| t.parse().ok().map(Reference::Tag)));
+            references.extend(
+                tags.iter()
+                    .filter_map(|t| t.parse().ok().map(Reference::Tag)),
+            );
             for reference in references {
                 if let Err(e) = registry
                     .put_manifest(

@@ -118,7 +118,10 @@ impl fmt::Debug for UpstreamSettings {
             .field("username", &self.credentials.as_ref().map(|(u, _)| u))
             .field("ca", &self.ca_pem.is_some())
             .field("tag_ttl", &self.tag_ttl)
-            .field("repositories", &self.repositories.as_ref().map(|r| r.as_str()))
+            .field(
+                "repositories",
+                &self.repositories.as_ref().map(|r| r.as_str()),
+            )
             .finish()
     }
 }
@@ -142,6 +145,18 @@ impl UpstreamSettings {
         self
     }
 
+    /// Proxy only upstream repositories whose name matches `pattern` in full.
+    pub fn repositories(mut self, pattern: &str) -> Result<UpstreamSettings, UpstreamConfigError> {
+        self.repositories =
+            Some(
+                repositories_regex(pattern).map_err(|message| UpstreamConfigError {
+                    key: "repositories".to_string(),
+                    message,
+                })?,
+            );
+        Ok(self)
+    }
+
     /// Set credentials.
     pub fn credentials(mut self, username: &str, password: &str) -> UpstreamSettings {
         self.credentials = Some((username.to_string(), password.to_string()));
@@ -162,8 +177,7 @@ impl UpstreamConfig {
             key: format!("{key}.{field}"),
             message,
         };
-        let namespace = normalize_namespace(&self.namespace)
-            .map_err(|m| err("namespace", m))?;
+        let namespace = normalize_namespace(&self.namespace).map_err(|m| err("namespace", m))?;
 
         let url: http::Uri = self
             .url
@@ -193,12 +207,13 @@ impl UpstreamConfig {
         let Some(authority) = url.authority().filter(|a| !a.host().is_empty()) else {
             return Err(err("url", "the URL has no host".to_string()));
         };
-        if authority.as_str().contains('@') || !matches!(url.path(), "" | "/") || url.query().is_some()
+        if authority.as_str().contains('@')
+            || !matches!(url.path(), "" | "/")
+            || url.query().is_some()
         {
             return Err(err(
                 "url",
-                "give only scheme, host and port (credentials go in username/password)"
-                    .to_string(),
+                "give only scheme, host and port (credentials go in username/password)".to_string(),
             ));
         }
         let host = authority.as_str().to_ascii_lowercase();
@@ -264,10 +279,7 @@ impl UpstreamConfig {
         };
 
         let repositories = match &self.repositories {
-            Some(pattern) => Some(
-                regex::Regex::new(&format!("^(?:{pattern})$"))
-                    .map_err(|e| err("repositories", format!("invalid regex: {e}")))?,
-            ),
+            Some(pattern) => Some(repositories_regex(pattern).map_err(|m| err("repositories", m))?),
             None => None,
         };
 
@@ -295,12 +307,20 @@ pub fn validate_upstreams(
         if out.iter().any(|s| s.namespace == settings.namespace) {
             return Err(UpstreamConfigError {
                 key: format!("{key}.namespace"),
-                message: format!("namespace {} has more than one upstream", settings.namespace),
+                message: format!(
+                    "namespace {} has more than one upstream",
+                    settings.namespace
+                ),
             });
         }
         out.push(settings);
     }
     Ok(out)
+}
+
+/// A full-match regex for repository names.
+fn repositories_regex(pattern: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex: {e}"))
 }
 
 /// `docker.io` for any Docker Hub alias, else a lowercase host name.
@@ -313,14 +333,14 @@ fn normalize_namespace(ns: &str) -> Result<String, String> {
     // so a namespace is a host name without a port.
     let ok = !ns.is_empty()
         && ns.len() <= 253
-        && ns
-            .split('.')
-            .all(|label| {
-                !label.is_empty()
-                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            });
+        && ns.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
     if ok {
         Ok(ns)
     } else {
