@@ -16,13 +16,17 @@ all: build
 build:
 	$(CARGO) build --bins
 
-## test: every Rust test, then the Ansible tests
-test: test-rust
-	$(MAKE) test-ansible
+## test: every Rust test, then the Ansible tests; both run, and it fails if either failed
+test:
+	@rc=0; \
+	$(MAKE) test-rust || rc=1; \
+	$(MAKE) test-ansible || rc=1; \
+	exit $$rc
 
-## test-rust: unit, in-process and real-client tests of the whole workspace
+## test-rust: unit, in-process and real-client tests of the whole workspace (every test
+## binary runs even after a failure, so one run reports every failure)
 test-rust:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 ## test-ansible: pytest over tests/ansible with the binaries built (fails if it collects nothing)
 test-ansible: build
