@@ -122,8 +122,13 @@ class Ansible:
         })
         return env
 
-    def play(self, plays, extra_vars=None, expect_failure=False, timeout=600) -> subprocess.CompletedProcess:
-        """Run plays (a list of play dicts) and check that no known secret leaks."""
+    def play(self, plays, extra_vars=None, expect_failure=False, timeout=600,
+             inventory='localhost,') -> subprocess.CompletedProcess:
+        """Run plays (a list of play dicts) and check that no known secret leaks.
+
+        inventory is an ansible-playbook -i argument; the default targets
+        localhost only.
+        """
         self.count += 1
         playbook = self.workdir / f'playbook-{self.count}.yaml'
         varsfile = self.workdir / f'vars-{self.count}.json'
@@ -131,7 +136,7 @@ class Ansible:
         varsfile.write_text(json.dumps(extra_vars or {}))
         argv = [
             str(VENV_BIN / 'ansible-playbook'), '-vv',
-            '-i', 'localhost,', '-c', 'local',
+            '-i', inventory, '-c', 'local',
             '-e', f'ansible_python_interpreter={PYTHON}',
             '-e', f'@{varsfile}',
             str(playbook),
