@@ -186,7 +186,6 @@ def dockerd(tmp_path):
             '--pidfile', str(short / 'docker.pid'),
             '--config-file', str(config_file),
             '--storage-driver=vfs', '--iptables=false', '--ip6tables=false', '--bridge=none',
-            '--max-upload-attempts=1', '--max-download-attempts=1',
         ], stdout=log, stderr=subprocess.STDOUT)
         state['proc'], state['log'] = proc, log
         env = dict(os.environ, DOCKER_HOST=f'unix://{sock}')

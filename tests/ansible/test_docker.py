@@ -86,3 +86,35 @@ def test_docker_build_pushes_to_the_buildset_registry(ansible, docker_with_mirro
     inspected = support.skopeo('inspect', '--cert-dir', str(buildset_registry['certs']),
                                f'docker://{setup["addr"]}/speculative/pushed:latest')
     assert json.loads(inspected.stdout)['Labels']['org.zuul-ci.change'] == '123'
+
+
+def test_docker_wrappers_build_upload_and_promote(ansible, tmp_path, reference_registry, dockerd):
+    """build-, upload- and promote-docker-image with docker_images and docker_credentials."""
+    hub = reference_registry
+    ansible.secrets.append(hub['password'])
+    config = tmp_path / 'daemon.json'
+    config.write_text('{}')
+    daemon = dockerd(config)
+    build_env = {'DOCKER_HOST': daemon['host'], 'DOCKER_CONFIG': str(tmp_path / 'docker-config')}
+    src = tmp_path / 'src'
+    (src / 'app').mkdir(parents=True)
+    (src / 'app' / 'Dockerfile.app').write_text('FROM scratch\nCOPY nonce.txt /nonce.txt\n')
+    (src / 'app' / 'nonce.txt').write_text('nonce\n')
+    common = {
+        'docker_images': [{'context': 'app', 'dockerfile': 'Dockerfile.app', 'repository': 'org/wrapped',
+                           'tags': ['latest', '2']}],
+        'docker_registry': hub['addr'],
+        'zuul_work_dir': str(src),
+    }
+    credentials = {'username': hub['username'], 'password': hub['password'],
+                   'repository': r'^127\.0\.0\.1:\d+/org/', 'insecure': True}
+    zuul = {'zuul': ansible.zuul_vars()}
+    ansible.role('build-docker-image', {**common, 'build_container_image_environment': build_env}, extra_vars=zuul)
+    ansible.role('upload-docker-image', {**common, 'docker_credentials': credentials,
+                                         'upload_container_image_environment': build_env}, extra_vars=zuul)
+    creds = f'{hub["username"]}:{hub["password"]}'
+    listed = support.skopeo('list-tags', '--tls-verify=false', '--creds', creds, f'docker://{hub["addr"]}/org/wrapped')
+    assert sorted(json.loads(listed.stdout)['Tags']) == ['change_123_2', 'change_123_latest']
+    ansible.role('promote-docker-image', {**common, 'docker_credentials': credentials}, extra_vars=zuul)
+    listed = support.skopeo('list-tags', '--tls-verify=false', '--creds', creds, f'docker://{hub["addr"]}/org/wrapped')
+    assert {'2', 'latest'} <= set(json.loads(listed.stdout)['Tags'])
