@@ -120,6 +120,13 @@ pub(crate) struct RawRegistry {
     log_format: Option<LogFormat>,
     /// How long issued tokens stay valid.
     token_expiry: Option<DurationValue>,
+    /// Webhooks: endpoints told about pushes, deletes and mounts (see the
+    /// `notify` module).
+    #[serde(default)]
+    webhooks: crate::notify::WebhooksConfig,
+    /// Pull-through upstreams, one per namespace (see the `upstream` module).
+    #[serde(default)]
+    upstreams: Vec<crate::upstream::UpstreamConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +326,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// How long issued tokens stay valid.
     pub token_expiry: Duration,
+    /// Webhook endpoints and their queue directory.
+    pub webhooks: crate::notify::WebhookSettings,
+    /// Pull-through upstreams (none: every miss is a 404).
+    pub upstreams: Vec<crate::upstream::UpstreamSettings>,
 }
 
 impl Settings {
@@ -534,6 +545,19 @@ impl Settings {
             }
         };
 
+        let upstreams = crate::upstream::validate_upstreams(&raw.upstreams, Some(base))
+            .map_err(|e| err(&format!("registry.{}", e.key), e.message))?;
+
+        let webhooks = raw
+            .webhooks
+            .settings(&storage_root, base)
+            .map_err(|e| match e {
+                crate::notify::NotifyError::Config { key, message } => {
+                    err(&format!("registry.{key}"), message)
+                }
+                other => err("registry.webhooks", other.to_string()),
+            })?;
+
         Ok(Settings {
             source: path.to_path_buf(),
             listen,
@@ -548,6 +572,8 @@ impl Settings {
             metrics: raw.metrics.unwrap_or(true),
             log_format: raw.log_format.unwrap_or_default(),
             token_expiry,
+            webhooks,
+            upstreams,
         })
     }
 }

@@ -19,8 +19,10 @@ use crate::auth::AuthPolicy;
 use crate::buildset::StartError;
 use crate::config::{ConfigError, Settings};
 use crate::metrics::{Metrics, StorageFigures};
+use crate::notify::{Notifier, NotifierOptions};
 use crate::serve::Server;
 use crate::tls::server_config_from_files;
+use crate::upstream::Upstreams;
 use crate::{AppState, router};
 
 /// How often storage figures are measured for `/metrics`.
@@ -110,8 +112,14 @@ impl IntermediateServer {
         };
         let auth = policy(settings);
         let metrics = Metrics::new();
+        let notifier = start_notifier(settings, &metrics)?;
+        let upstreams = Upstreams::new(settings.upstreams.clone())
+            .map_err(|e| StartError::Config(e.to_string()))?;
         let state = customize(
-            AppState::new(registry.clone(), auth).with_metrics(metrics.clone(), settings.metrics),
+            AppState::new(registry.clone(), auth)
+                .with_metrics(metrics.clone(), settings.metrics)
+                .with_notifier(notifier)
+                .with_upstreams(upstreams),
         );
         let listener =
             TcpListener::bind(settings.listen)
@@ -153,6 +161,7 @@ impl IntermediateServer {
             anonymous_read = settings.anonymous_read,
             retention_rules = settings.retention.len(),
             gc_interval = ?settings.gc.interval,
+            upstreams = settings.upstreams.len(),
             config = %settings.source.display(),
             "intermediate registry ready"
         );
@@ -179,6 +188,8 @@ impl IntermediateServer {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.server.shutdown().await;
+        // Pending webhook deliveries stay queued for the next start.
+        self.state.notifier().shutdown().await;
         for task in self.tasks {
             if let Err(e) = task.await {
                 tracing::warn!(error = %e, "background task failed");
@@ -186,6 +197,24 @@ impl IntermediateServer {
         }
         tracing::info!("intermediate registry stopped");
     }
+}
+
+/// Start the webhook deliveries of `settings` (resuming what their queues
+/// hold), their counters exported through `metrics`.
+fn start_notifier(settings: &Settings, metrics: &Metrics) -> Result<Notifier, StartError> {
+    if settings.webhooks.endpoints.is_empty() {
+        return Ok(Notifier::disabled());
+    }
+    let options = NotifierOptions {
+        public_url: settings.public_url.clone(),
+        source_addr: settings.listen.to_string(),
+        private: !settings.anonymous_read,
+    };
+    let notifier = Notifier::start(settings.webhooks.clone(), options)
+        .map_err(|e| StartError::Config(format!("{}: {e}", settings.source.display())))?;
+    let exported = notifier.clone();
+    metrics.register(move |out| exported.export(out));
+    Ok(notifier)
 }
 
 /// The auth policy of `settings`.

@@ -60,8 +60,8 @@ pub use tls::{
     GeneratedCert, TlsError, generate_certificate, server_config, server_config_from_files,
 };
 pub use upstream::{
-    DEFAULT_TAG_TTL, UpstreamConfig, UpstreamConfigError, UpstreamError, UpstreamSettings,
-    Upstreams, validate_upstreams,
+    DEFAULT_TAG_TTL, TtlValue, UpstreamConfig, UpstreamConfigError, UpstreamError,
+    UpstreamSettings, Upstreams, validate_upstreams,
 };
 
 /// The header every response carries.

@@ -64,7 +64,8 @@ use speculum_oci::{Digest, ErrorCode, Reference, RepositoryName, manifest};
 use speculum_storage::{BodyStream, Registry, StoredManifest};
 
 pub use config::{
-    DEFAULT_TAG_TTL, UpstreamConfig, UpstreamConfigError, UpstreamSettings, validate_upstreams,
+    DEFAULT_TAG_TTL, TtlValue, UpstreamConfig, UpstreamConfigError, UpstreamSettings,
+    validate_upstreams,
 };
 
 use crate::error::{ApiError, ApiResult};

@@ -51,10 +51,10 @@ pub struct UpstreamConfig {
     /// Talk plain HTTP (tests, loopback mirrors).
     #[serde(default)]
     pub insecure: bool,
-    /// How long a proxied tag is served before it is re-checked upstream,
-    /// as a human duration (`30s`, `5m`, `1h`); default 5 minutes.
+    /// How long a proxied tag is served before it is re-checked upstream:
+    /// seconds, or a human duration (`30s`, `5m`, `1h`); default 5 minutes.
     #[serde(default)]
-    pub tag_ttl: Option<String>,
+    pub tag_ttl: Option<TtlValue>,
     /// A regular expression that upstream repository names (without the
     /// namespace, such as `library/python`) must match in full to be
     /// proxied; default: every repository.
@@ -75,6 +75,31 @@ impl fmt::Debug for UpstreamConfig {
             .field("tag_ttl", &self.tag_ttl)
             .field("repositories", &self.repositories)
             .finish()
+    }
+}
+
+/// A duration as written: a number of seconds or text such as `5m`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TtlValue {
+    /// Seconds.
+    Seconds(u64),
+    /// A human duration (`90s`, `5m`, `1h`).
+    Text(String),
+}
+
+impl TtlValue {
+    fn duration(&self) -> Result<Duration, String> {
+        match self {
+            TtlValue::Seconds(s) => Ok(Duration::from_secs(*s)),
+            TtlValue::Text(text) => {
+                let t = text.trim();
+                if let Ok(secs) = t.parse::<u64>() {
+                    return Ok(Duration::from_secs(secs));
+                }
+                humantime::parse_duration(t).map_err(|e| format!("invalid duration {text:?}: {e}"))
+            }
+        }
     }
 }
 
@@ -273,8 +298,7 @@ impl UpstreamConfig {
         };
 
         let tag_ttl = match &self.tag_ttl {
-            Some(text) => humantime::parse_duration(text.trim())
-                .map_err(|e| err("tag-ttl", format!("invalid duration {text:?}: {e}")))?,
+            Some(value) => value.duration().map_err(|m| err("tag-ttl", m))?,
             None => DEFAULT_TAG_TTL,
         };
 
@@ -377,6 +401,14 @@ mod tests {
         assert_eq!(s[0].namespace, "quay.io");
         assert_eq!(s[0].host, "quay.io");
         assert_eq!(s[0].tag_ttl, Duration::from_secs(90));
+        let numeric: UpstreamConfig = serde_json::from_value(serde_json::json!({
+            "namespace": "quay.io", "url": "https://quay.io", "tag-ttl": 30
+        }))
+        .unwrap();
+        assert_eq!(
+            numeric.validate("u", None).unwrap().tag_ttl,
+            Duration::from_secs(30)
+        );
         assert_eq!(s[0].credentials, Some(("u".into(), "p".into())));
         let re = s[0].repositories.as_ref().unwrap();
         assert!(re.is_match("org/app"));
@@ -423,7 +455,7 @@ mod tests {
             ),
             (
                 UpstreamConfig {
-                    tag_ttl: Some("soon".into()),
+                    tag_ttl: Some(TtlValue::Text("soon".into())),
                     ..raw("quay.io", "https://quay.io")
                 },
                 "u.tag-ttl",
@@ -475,6 +507,51 @@ mod tests {
         ];
         let e = validate_upstreams(&dup, None).unwrap_err();
         assert_eq!(e.key, "upstreams[1].namespace");
+    }
+
+    #[test]
+    fn the_serve_config_takes_an_upstreams_list() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hub-token"), "tok\n").unwrap();
+        let yaml = r#"
+registry:
+  address: 127.0.0.1
+  port: 5000
+  storage: {driver: filesystem, root: store}
+  upstreams:
+    - namespace: docker.io
+      url: https://registry-1.docker.io
+      username: mirror
+      password-file: hub-token
+      tag-ttl: 10m
+      repositories: "library/.*"
+    - namespace: quay.io
+      url: https://quay.io
+      tag-ttl: 60
+"#;
+        let path = dir.path().join("serve.yaml");
+        let s = crate::config::Settings::parse(yaml, &path, |_| None).unwrap();
+        assert_eq!(s.upstreams.len(), 2);
+        assert_eq!(s.upstreams[0].namespace, "docker.io");
+        assert_eq!(
+            s.upstreams[0].credentials,
+            Some(("mirror".into(), "tok".into()))
+        );
+        assert_eq!(s.upstreams[0].tag_ttl, Duration::from_secs(600));
+        assert_eq!(s.upstreams[1].tag_ttl, Duration::from_secs(60));
+
+        // No upstreams: the default.
+        let bare = yaml.split("  upstreams:").next().unwrap();
+        let s = crate::config::Settings::parse(bare, &path, |_| None).unwrap();
+        assert!(s.upstreams.is_empty());
+
+        // Errors name the key under `registry.`.
+        let bad = yaml.replace("tag-ttl: 60", "tag-ttl: soon");
+        let e = crate::config::Settings::parse(&bad, &path, |_| None).unwrap_err();
+        assert_eq!(e.key(), Some("registry.upstreams[1].tag-ttl"), "{e}");
+        let bad = yaml.replace("tag-ttl: 60", "tagttl: 60");
+        let e = crate::config::Settings::parse(&bad, &path, |_| None).unwrap_err();
+        assert!(e.to_string().contains("tagttl"), "{e}");
     }
 
     #[test]
