@@ -2,6 +2,8 @@
 //!
 //! Argument parsing, logging and signals only; the registry itself lives in
 //! `speculum-server`.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -10,15 +12,18 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use speculum_server::{BuildsetOptions, BuildsetServer, write_info_file};
+use speculum_server::{
+    BuildsetOptions, BuildsetServer, IntermediateServer, Settings, prune_options, run_prune,
+    write_info_file,
+};
 
 /// The speculum container registry.
 #[derive(Parser, Debug)]
 #[command(name = "speculum-registry", version, about)]
 struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format (default: the config's `log-format`, else text).
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -37,6 +42,35 @@ enum Command {
     /// Run an ephemeral buildset registry: temporary storage, a generated
     /// certificate, anonymous pull, push for one user with a random password.
     Buildset(BuildsetArgs),
+    /// Run the long-lived intermediate registry from a YAML config file
+    /// (zuul-registry's keys are accepted unchanged).
+    Serve(ServeArgs),
+    /// Apply the config's retention and collect garbage once, then report
+    /// what was removed and the space freed. Run it where `serve` is not
+    /// running on the same storage, or rely on the grace period (`gc.grace`).
+    Prune(PruneArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// The YAML config file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Parser, Debug)]
+struct PruneArgs {
+    /// The YAML config file.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+
+    /// Only report what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -80,8 +114,30 @@ struct BuildsetArgs {
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    match run(cli, started) {
+    // Serve and prune read their config first: it may choose the log format.
+    let config = match &cli.command {
+        Command::Serve(ServeArgs { config }) | Command::Prune(PruneArgs { config, .. }) => {
+            Some(Settings::load(config))
+        }
+        Command::Buildset(_) => None,
+    };
+    let from_config = match &config {
+        Some(Ok(settings)) => match settings.log_format {
+            speculum_server::LogFormat::Json => Some(LogFormat::Json),
+            _ => Some(LogFormat::Text),
+        },
+        _ => None,
+    };
+    init_tracing(cli.log_format.or(from_config).unwrap_or(LogFormat::Text));
+    let settings = match config {
+        Some(Ok(settings)) => Some(settings),
+        Some(Err(e)) => {
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    match run(cli, settings, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -102,13 +158,101 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn run(cli: Cli, started: Instant) -> anyhow::Result<()> {
+fn run(cli: Cli, settings: Option<Settings>, started: Instant) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match cli.command {
-        Command::Buildset(args) => runtime.block_on(buildset(args, started)),
+    match (cli.command, settings) {
+        (Command::Buildset(args), _) => runtime.block_on(buildset(args, started)),
+        (Command::Serve(_), Some(settings)) => runtime.block_on(serve(settings, started)),
+        (Command::Prune(args), Some(settings)) => runtime.block_on(prune(args, settings)),
+        (_, None) => anyhow::bail!("no configuration loaded"),
+    }
+}
+
+async fn serve(settings: Settings, started: Instant) -> anyhow::Result<()> {
+    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let server = IntermediateServer::start(&settings)
+        .await
+        .with_context(|| format!("cannot start the registry ({})", settings.source.display()))?;
+    tracing::info!(
+        addr = %server.local_addr(),
+        ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "accepting connections"
+    );
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn prune(args: PruneArgs, settings: Settings) -> anyhow::Result<()> {
+    let options = prune_options(&settings, args.dry_run)?;
+    anyhow::ensure!(
+        settings.storage_root.is_dir(),
+        "the storage root {} does not exist",
+        settings.storage_root.display()
+    );
+    let registry = speculum_storage::Registry::filesystem(&settings.storage_root)
+        .await
+        .with_context(|| format!("cannot open {}", settings.storage_root.display()))?;
+    let report = run_prune(&registry, &options, None)
+        .await
+        .context("prune failed")?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).context("cannot encode the report")?
+    } else {
+        let mut lines = Vec::new();
+        let verb = if report.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for t in &report.tags_deleted {
+            lines.push(format!(
+                "{verb} tag {}:{} ({})",
+                t.repository, t.tag, t.digest
+            ));
+        }
+        for m in &report.manifests_deleted {
+            lines.push(format!("{verb} manifest {}@{}", m.repository, m.digest));
+        }
+        for d in &report.blobs_removed {
+            lines.push(format!("{verb} blob {d}"));
+        }
+        for u in &report.uploads_removed {
+            lines.push(format!("{verb} upload {u}"));
+        }
+        lines.push(format!(
+            "{}: {} freed",
+            report.summary(),
+            human_bytes(report.bytes_freed)
+        ));
+        lines.join("\n")
+    };
+    #[allow(clippy::print_stdout)] // the report is this command's output
+    {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

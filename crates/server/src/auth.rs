@@ -129,7 +129,9 @@ impl User {
     pub fn bcrypt(name: impl Into<String>, hash: &str, access: Access) -> Result<User, String> {
         let prefix_ok = ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p));
         if !prefix_ok {
-            return Err("not a bcrypt hash ($2y$, $2b$ or $2a$); create entries with `htpasswd -B`".into());
+            return Err(
+                "not a bcrypt hash ($2y$, $2b$ or $2a$); create entries with `htpasswd -B`".into(),
+            );
         }
         if bcrypt_cost(hash).is_none() || hash.len() != 60 {
             return Err("malformed bcrypt hash".into());
@@ -514,7 +516,10 @@ impl AuthPolicy {
     /// involved.
     async fn check_password(&self, name: String, password: String) -> Option<(String, Access)> {
         let db = self.db.clone();
-        let check = move || db.verify(&name, &password).map(|u| (u.name.clone(), u.access));
+        let check = move || {
+            db.verify(&name, &password)
+                .map(|u| (u.name.clone(), u.access))
+        };
         if self.db.has_bcrypt() {
             tokio::task::spawn_blocking(check).await.ok().flatten()
         } else {
@@ -569,10 +574,7 @@ impl AuthPolicy {
             Checked::Token(claims) => {
                 // A known user who may not do this gets 403; otherwise the
                 // client may fetch a token for the scope it needs.
-                let user_may = self
-                    .db
-                    .find(&claims.sub)
-                    .map(|u| u.access.allows(action));
+                let user_may = self.db.find(&claims.sub).map(|u| u.access.allows(action));
                 if user_may == Some(false) {
                     Err(denied())
                 } else {
@@ -585,11 +587,9 @@ impl AuthPolicy {
             }
             Checked::Anonymous | Checked::Invalid(_) if anonymous_ok => Ok(Identity::Anonymous),
             Checked::Invalid(message) => Err(self.unauthorized(headers, Some(&scope), message)),
-            Checked::Anonymous => Err(self.unauthorized(
-                headers,
-                Some(&scope),
-                "authentication required",
-            )),
+            Checked::Anonymous => {
+                Err(self.unauthorized(headers, Some(&scope), "authentication required"))
+            }
         }
     }
 
@@ -615,9 +615,7 @@ impl AuthPolicy {
         match self.check(headers).await {
             Checked::User(..) | Checked::Token(_) => Ok(()),
             Checked::Invalid(message) => Err(self.unauthorized(headers, None, message)),
-            Checked::Anonymous => {
-                Err(self.unauthorized(headers, None, "authentication required"))
-            }
+            Checked::Anonymous => Err(self.unauthorized(headers, None, "authentication required")),
         }
     }
 
@@ -886,7 +884,11 @@ mod tests {
     #[tokio::test]
     async fn read_users_cannot_push() {
         let p = AuthPolicy::with_users(vec![User::plain("r", "pw", Access::Read)], false);
-        assert!(p.authorize(&basic("r", "pw"), REPO, Action::Pull).await.is_ok());
+        assert!(
+            p.authorize(&basic("r", "pw"), REPO, Action::Pull)
+                .await
+                .is_ok()
+        );
         let e = p
             .authorize(&basic("r", "pw"), REPO, Action::Push)
             .await
@@ -933,13 +935,21 @@ mod tests {
         let none = HeaderMap::new();
         // Login probe without credentials: refused.
         assert_eq!(
-            p.issue_token(&none, &[]).await.unwrap_err().status().as_u16(),
+            p.issue_token(&none, &[])
+                .await
+                .unwrap_err()
+                .status()
+                .as_u16(),
             401
         );
         // Login probe with credentials: a token with no access, good for /v2/.
         let t = p.issue_token(&basic("zuul", "pw"), &[]).await.unwrap();
         assert!(p.ping(&bearer(&t.token)).await.is_ok());
-        assert!(p.authorize(&bearer(&t.token), REPO, Action::Push).await.is_err());
+        assert!(
+            p.authorize(&bearer(&t.token), REPO, Action::Push)
+                .await
+                .is_err()
+        );
         // Anonymous pull token; asking for push too gets pull only.
         let t = p
             .issue_token(&none, &["repository:a/b:pull,push".into()])
@@ -955,7 +965,10 @@ mod tests {
         assert_eq!(e.status().as_u16(), 401);
         // Wrong (Docker Hub) credentials: a pull token anyway, never push.
         let t = p
-            .issue_token(&basic("hubuser", "hubpw"), &["repository:library/x:pull".into()])
+            .issue_token(
+                &basic("hubuser", "hubpw"),
+                &["repository:library/x:pull".into()],
+            )
             .await
             .unwrap();
         assert!(!t.token.is_empty());
@@ -987,7 +1000,11 @@ mod tests {
             p.authorize(&h, REPO, Action::Push).await.unwrap(),
             Identity::User("zuul".into())
         );
-        assert!(p.authorize(&h, Resource::Catalog, Action::Pull).await.is_ok());
+        assert!(
+            p.authorize(&h, Resource::Catalog, Action::Pull)
+                .await
+                .is_ok()
+        );
         // Out of scope: repository c was granted pull only; e nothing.
         let c = Resource::Repository {
             sent: "c",

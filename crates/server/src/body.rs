@@ -44,14 +44,14 @@ impl http_body::Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let counter = match self.direction {
-                    Direction::In => self.metrics.bytes_in(),
-                    Direction::Out => self.metrics.bytes_out(),
-                };
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let counter = match self.direction {
+                Direction::In => self.metrics.bytes_in(),
+                Direction::Out => self.metrics.bytes_out(),
+            };
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }

@@ -371,7 +371,9 @@ impl Settings {
         let ip: IpAddr = address.trim().parse().map_err(|_| {
             err(
                 "registry.address",
-                format!("{address:?} is not an IP address (use '::' or '0.0.0.0' for every address)"),
+                format!(
+                    "{address:?} is not an IP address (use '::' or '0.0.0.0' for every address)"
+                ),
             )
         })?;
         let port = raw
@@ -381,7 +383,9 @@ impl Settings {
 
         let public_url = match raw.public_url {
             None => None,
-            Some(url) => Some(validate_public_url(&url).map_err(|m| err("registry.public-url", m))?),
+            Some(url) => {
+                Some(validate_public_url(&url).map_err(|m| err("registry.public-url", m))?)
+            }
         };
 
         let tls = match (raw.tls_cert, raw.tls_key) {
@@ -414,7 +418,10 @@ impl Settings {
             (None, Some(file)) => {
                 let file = resolve(&file);
                 let text = std::fs::read(&file).map_err(|e| {
-                    err("registry.secret-file", format!("cannot read {}: {e}", file.display()))
+                    err(
+                        "registry.secret-file",
+                        format!("cannot read {}: {e}", file.display()),
+                    )
                 })?;
                 let trimmed = trim_newline(&text);
                 if trimmed.is_empty() {
@@ -458,10 +465,7 @@ impl Settings {
             let file = resolve(file);
             for user in read_htpasswd(&file, access).map_err(|m| err(key, m))? {
                 if !names.insert(user.name().to_string()) {
-                    return Err(err(
-                        key,
-                        format!("user {:?} is defined twice", user.name()),
-                    ));
+                    return Err(err(key, format!("user {:?} is defined twice", user.name())));
                 }
                 users.push(user);
             }
@@ -609,8 +613,7 @@ fn yaml_error(path: &Path, e: &serde_norway::Error) -> ConfigError {
 fn looks_like_key_path(s: &str) -> bool {
     !s.is_empty()
         && !s.contains(' ')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-[]".contains(&b))
 }
 
@@ -623,9 +626,9 @@ fn validate_public_url(url: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{url:?} must start with https:// or http://"))?;
     let host = rest.split('/').next().unwrap_or_default();
     let ok = !host.is_empty()
-        && rest.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b".-_:[]/~%".contains(&b)
-        });
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]/~%".contains(&b));
     if ok {
         Ok(url.to_string())
     } else {
@@ -795,13 +798,16 @@ registry:
         assert!(e.contains("admin"), "{e}");
         let e = error(&format!("{BASE}  gc: {{interval: soon}}\n"));
         assert!(e.contains("registry.gc.interval"), "{e}");
-        let e = error(&format!("{BASE}  retention: [{{tags: '(', older-than: 1}}]\n"));
+        let e = error(&format!(
+            "{BASE}  retention: [{{tags: '(', older-than: 1}}]\n"
+        ));
         assert!(e.contains("registry.retention[0].tags"), "{e}");
         let e = error("registry:\n  address: localhost\n  port: 5000\n");
         assert!(e.contains("registry.address"), "{e}");
         let e = error("registry:\n  address: ::1\n  port: 99999\n");
         assert!(e.contains("registry.port"), "{e}");
-        let e = error("registry:\n  address: ::1\n  port: 1\n  storage: {driver: swift, root: x}\n");
+        let e =
+            error("registry:\n  address: ::1\n  port: 1\n  storage: {driver: swift, root: x}\n");
         assert!(e.contains("registry.storage.driver"), "{e}");
         let e = error(&format!("{BASE}  tls-cert: x\n"));
         assert!(e.contains("registry.tls-key"), "{e}");
@@ -855,11 +861,15 @@ registry:
         assert_eq!(s.users[1].access(), Access::Read);
         assert!(!s.anonymous_read);
         let text = format!("{BASE}  htpasswd: md5\n");
-        let e = Settings::parse(&text, &path, |_| None).unwrap_err().to_string();
+        let e = Settings::parse(&text, &path, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("registry.htpasswd"), "{e}");
         assert!(e.contains("md5:1"), "{e}");
         let text = format!("{BASE}  htpasswd: missing\n");
-        let e = Settings::parse(&text, &path, |_| None).unwrap_err().to_string();
+        let e = Settings::parse(&text, &path, |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("registry.htpasswd"), "{e}");
     }
 }

@@ -99,12 +99,11 @@ pub(crate) async fn handle(state: &AppState, request: Request) -> ApiResult<Resp
     let mut headers = parts.headers;
     // HTTP/2 requests carry the host as the URI's authority, not a header;
     // the token realm is built from it.
-    if !headers.contains_key(header::HOST) {
-        if let Some(authority) = uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(header::HOST, v);
-            }
-        }
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(v) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, v);
     }
     let read = matches!(parts.method, Method::GET | Method::HEAD);
     match uri.path() {

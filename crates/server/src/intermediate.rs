@@ -33,9 +33,10 @@ const STORAGE_FIGURES_INTERVAL: Duration = Duration::from_secs(60);
 pub fn prune_options(settings: &Settings, dry_run: bool) -> Result<PruneOptions, ConfigError> {
     let mut rules = Vec::with_capacity(settings.retention.len());
     for rule in &settings.retention {
-        let built = RetentionRule::new(&rule.repositories, &rule.tags, rule.older_than).map_err(
-            |e| ConfigError::from_parts(&settings.source, "registry.retention", e.to_string()),
-        )?;
+        let built =
+            RetentionRule::new(&rule.repositories, &rule.tags, rule.older_than).map_err(|e| {
+                ConfigError::from_parts(&settings.source, "registry.retention", e.to_string())
+            })?;
         rules.push(built);
     }
     let mut options = PruneOptions::new(RetentionPolicy::new(rules));
@@ -99,7 +100,8 @@ impl IntermediateServer {
         customize: impl FnOnce(AppState) -> AppState,
     ) -> Result<IntermediateServer, StartError> {
         // Refuse bad retention patterns before anything else happens.
-        let prune = prune_options(settings, false).map_err(|e| StartError::Config(e.to_string()))?;
+        let prune =
+            prune_options(settings, false).map_err(|e| StartError::Config(e.to_string()))?;
         std::fs::create_dir_all(&settings.storage_root).map_err(|e| {
             StartError::Storage(format!("{}: {e}", settings.storage_root.display()))
         })?;
@@ -224,11 +226,17 @@ fn policy(settings: &Settings) -> AuthPolicy {
     policy = match &settings.secret {
         Some(secret) => policy.with_token_key(secret.as_bytes(), service, settings.token_expiry),
         None => {
-            tracing::info!("no secret configured: tokens are signed with a random key and do not survive a restart");
+            tracing::info!(
+                "no secret configured: tokens are signed with a random key and do not survive a restart"
+            );
             policy.with_token_key(&rand::random::<[u8; 32]>(), service, settings.token_expiry)
         }
     };
-    if !settings.users.iter().any(|u| u.access() == crate::Access::Write) {
+    if !settings
+        .users
+        .iter()
+        .any(|u| u.access() == crate::Access::Write)
+    {
         tracing::warn!("no user has write access: nobody can push");
     }
     policy

@@ -146,11 +146,7 @@ impl Metrics {
         );
         let storage = self.storage.lock().ok().and_then(|s| *s);
         if let Some(s) = storage {
-            out.gauge(
-                "speculum_storage_blobs",
-                "Blobs in storage.",
-                s.blobs,
-            );
+            out.gauge("speculum_storage_blobs", "Blobs in storage.", s.blobs);
             out.gauge(
                 "speculum_storage_bytes",
                 "Bytes held by blobs in storage.",
@@ -162,7 +158,11 @@ impl Metrics {
                 s.upload_sessions,
             );
         }
-        out.counter("speculum_gc_runs_total", "Garbage collection runs.", load(&self.gc_runs));
+        out.counter(
+            "speculum_gc_runs_total",
+            "Garbage collection runs.",
+            load(&self.gc_runs),
+        );
         out.counter(
             "speculum_gc_failures_total",
             "Garbage collection runs that failed.",

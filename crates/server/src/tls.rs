@@ -61,6 +61,25 @@ impl GeneratedCert {
     pub fn ca_der(&self) -> Option<&CertificateDer<'static>> {
         self.chain.last()
     }
+
+    /// The server's private key in PEM (PKCS#8), for writing a key file
+    /// (tests and examples of the file-based TLS setup).
+    pub fn key_pem(&self) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.key_der);
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    }
+
+    /// The server certificate followed by the CA, in PEM: a chain file.
+    pub fn chain_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.ca_pem)
+    }
 }
 
 /// Generate a CA and a server certificate for `hostnames` and `ips`, plus the

@@ -207,7 +207,8 @@ impl TokenKey {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -289,7 +290,13 @@ mod tests {
         let unsigned = format!("{none}.{forged_payload}.");
         assert_eq!(key.verify(&unsigned, now), Err(TokenError::Algorithm));
         // Garbage.
-        for bad in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+        for bad in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
             assert!(key.verify(bad, now).is_err(), "{bad}");
         }
     }

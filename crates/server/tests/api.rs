@@ -235,7 +235,14 @@ fn index(media: &str, children: &[(&Digest, usize, &str)]) -> Vec<u8> {
 async fn base(f: Fixture) {
     // Anonymous: 401 with a Bearer challenge, even though anonymous pulls
     // are allowed (Docker reads challenges only from this probe).
-    let r = f.anon("GET", "/v2/", &[("host", "reg.example:5000")], Body::empty()).await;
+    let r = f
+        .anon(
+            "GET",
+            "/v2/",
+            &[("host", "reg.example:5000")],
+            Body::empty(),
+        )
+        .await;
     r.expect_error(401, "UNAUTHORIZED");
     assert_eq!(
         r.header("www-authenticate"),
