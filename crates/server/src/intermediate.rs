@@ -203,7 +203,7 @@ impl IntermediateServer {
 
 /// Start the webhook deliveries of `settings` (resuming what their queues
 /// hold), their counters exported through `metrics`.
-fn start_notifier(settings: &Settings, _metrics: &Metrics) -> Result<Notifier, StartError> {
+fn start_notifier(settings: &Settings, metrics: &Metrics) -> Result<Notifier, StartError> {
     if settings.webhooks.endpoints.is_empty() {
         return Ok(Notifier::disabled());
     }
@@ -214,6 +214,8 @@ fn start_notifier(settings: &Settings, _metrics: &Metrics) -> Result<Notifier, S
     };
     let notifier = Notifier::start(settings.webhooks.clone(), options)
         .map_err(|e| StartError::Config(format!("{}: {e}", settings.source.display())))?;
+    let exported = notifier.clone();
+    metrics.register(move |out| exported.export(out));
     Ok(notifier)
 }
 

@@ -33,7 +33,6 @@ mod deliver;
 mod event;
 mod queue;
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -47,6 +46,7 @@ pub use deliver::{SIGNATURE_HEADER, signature};
 pub use event::{Action, Event, RequestInfo, Target};
 
 use crate::auth::Identity;
+use crate::metrics::Exposition;
 use event::Source;
 use queue::Queue;
 
@@ -319,13 +319,21 @@ impl Notifier {
             .collect()
     }
 
-    /// The counters in the Prometheus text format, for `/metrics`. Empty
-    /// when no endpoint is configured.
+    /// The counters in the Prometheus text format (what [`Notifier::export`]
+    /// writes). Empty when no endpoint is configured.
     pub fn metrics_text(&self) -> String {
+        let mut out = Exposition::default();
+        self.export(&mut out);
+        out.finish()
+    }
+
+    /// Write the counters into a `/metrics` exposition: sent, failed
+    /// attempts, pending and abandoned, by endpoint. Nothing when no
+    /// endpoint is configured.
+    pub fn export(&self, out: &mut Exposition) {
         let stats = self.stats();
-        let mut out = String::new();
         if stats.is_empty() {
-            return out;
+            return;
         }
         let families: [Family; 4] = [
             (
@@ -354,14 +362,11 @@ impl Notifier {
             ),
         ];
         for (name, kind, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
+            out.family(name, kind, help);
             for s in &stats {
-                // Endpoint names are `[A-Za-z0-9._-]`: no escaping needed.
-                let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", s.name, value(s));
+                out.sample(name, &[("endpoint", &s.name)], value(s));
             }
         }
-        out
     }
 
     /// Stop the delivery tasks, giving an attempt in flight a few seconds to

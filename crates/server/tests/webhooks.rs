@@ -21,8 +21,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use speculum_oci::{Digest, media_type};
 use speculum_server::{
-    AppState, AuthPolicy, Notifier, NotifierOptions, SIGNATURE_HEADER, WebhooksConfig, router,
-    webhook_signature,
+    AppState, AuthPolicy, IntermediateServer, Notifier, NotifierOptions, SIGNATURE_HEADER,
+    Settings, WebhooksConfig, router, webhook_signature,
 };
 use speculum_storage::Registry;
 use tokio::net::TcpListener;
@@ -631,4 +631,102 @@ async fn a_webhook_failure_never_fails_a_push() {
     reg.push_image("myorg/app", "v1", b"z").await;
     assert_eq!(reg.notifier.stats()[0].pending, 0);
     reg.notifier.shutdown().await;
+}
+
+#[tokio::test]
+async fn serve_config_starts_webhooks_and_exports_their_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::default();
+    let (addr, _server) = receiver.serve("127.0.0.1:0".parse().unwrap()).await;
+    std::fs::write(dir.path().join("hook.key"), format!("{SECRET}\n")).unwrap();
+    let yaml = format!(
+        r#"
+registry:
+  address: 127.0.0.1
+  port: 0
+  public-url: https://ir.example.org
+  users: [{{name: {USER}, pass: {PASSWORD}, access: write}}]
+  storage: {{driver: filesystem, root: data}}
+  webhooks:
+    queue-dir: queue
+    endpoints:
+      - name: cd
+        url: http://{addr}/hook?token=t0k
+        format: dockerhub
+        secret-file: hook.key
+        timeout: 2s
+"#
+    );
+    let path = dir.path().join("registry.yaml");
+    let settings = Settings::parse(&yaml, &path, |_| None).unwrap();
+    assert_eq!(settings.webhooks.queue_dir, dir.path().join("queue"));
+    let server = IntermediateServer::start(&settings).await.unwrap();
+    let reg = Registryd {
+        app: router(server.state().clone()),
+        notifier: server.state().notifier().clone(),
+    };
+    reg.push_image("myorg/app", "v1", b"served").await;
+    let got = receiver.wait_for(1).await;
+    check_signature(&got[0]);
+    assert_eq!(got[0].uri.query(), Some("token=t0k"));
+    let body = got[0].json();
+    assert_eq!(body["repository"]["repo_name"], "myorg/app");
+    assert_eq!(body["repository"]["is_private"], !settings.anonymous_read);
+    assert_eq!(
+        body["repository"]["repo_url"],
+        "https://ir.example.org/v2/myorg/app/tags/list"
+    );
+    reg.drained().await;
+    let response = reg
+        .app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("speculum_webhook_sent_total{endpoint=\"cd\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("speculum_webhook_pending{endpoint=\"cd\"} 0"));
+    assert!(text.contains("speculum_webhook_failed_total{endpoint=\"cd\"} 0"));
+    drop(reg);
+    server.shutdown().await;
+}
+
+#[test]
+fn serve_config_errors_name_the_webhook_key() {
+    let path = Path::new("/etc/speculum/registry.yaml");
+    let base = "registry:\n  address: 127.0.0.1\n  port: 5000\n  storage: {driver: filesystem, root: /data}\n  webhooks:\n    endpoints:\n";
+    for (endpoint, key) in [
+        (
+            "      - {name: a, url: 'ftp://x/'}\n",
+            "registry.webhooks.endpoints[0].url",
+        ),
+        (
+            "      - {name: a, url: 'http://x/', format: dockerhub, events: [mount]}\n",
+            "registry.webhooks.endpoints[0].events",
+        ),
+        (
+            "      - {name: a, url: 'http://x/', retries: 3}\n",
+            "retries",
+        ),
+    ] {
+        let err = Settings::parse(&format!("{base}{endpoint}"), path, |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err} should name {key}");
+        assert!(err.contains("registry.yaml"), "{err}");
+    }
+    let ok = Settings::parse(
+        &format!("{base}      - {{name: a, url: 'http://x/'}}\n"),
+        path,
+        |_| None,
+    )
+    .unwrap();
+    assert_eq!(ok.webhooks.queue_dir, Path::new("/data/_webhooks"));
+    assert_eq!(ok.webhooks.endpoints.len(), 1);
 }
