@@ -11,8 +11,9 @@
 //!   spec: blobs linked per repository, chunked uploads with a streaming
 //!   digest, manifests stored as the exact bytes pushed, one digest per tag,
 //!   the referrers index, tag and catalog pagination, enumeration of
-//!   repositories, tags, manifests, blobs and uploads, and garbage
-//!   collection ([`Registry::collect_garbage`]).
+//!   repositories, tags, manifests, blobs and uploads, and retention and
+//!   garbage collection ([`Registry::prune`] with [`PruneOptions`] and a
+//!   [`RetentionPolicy`], reporting a [`GcReport`]).
 //! - The `conformance` module (feature `conformance`) is the one test suite
 //!   every backend passes; each backend's test is a `conformance_tests!`
 //!   call.

@@ -59,9 +59,15 @@ struct Inner {
     sessions: Mutex<HashMap<UploadId, SessionRef>>,
     repo_locks: Mutex<HashMap<RepositoryName, Arc<tokio::sync::Mutex<()>>>>,
     /// Held shared by every write that makes a blob reachable (commit and
-    /// link, mount, manifest push) and exclusively by garbage collection, so
-    /// a sweep never sees a blob between its store and its link.
+    /// link, mount, manifest push) and exclusively by garbage collection
+    /// while it starts and for each batch of its sweep, so a sweep never
+    /// sees a blob between its store and its link.
     gc_lock: tokio::sync::RwLock<()>,
+    /// While a collection runs: every digest linked, pushed as a manifest
+    /// or referenced by a manifest push since it started (see `gc.rs`).
+    noted: Mutex<Option<std::collections::HashSet<Digest>>>,
+    /// One collection at a time.
+    gc_run: tokio::sync::Mutex<()>,
     clock: std::sync::RwLock<Clock>,
 }
 
@@ -213,6 +219,8 @@ impl Registry {
                 sessions: Mutex::default(),
                 repo_locks: Mutex::default(),
                 gc_lock: tokio::sync::RwLock::default(),
+                noted: Mutex::default(),
+                gc_run: tokio::sync::Mutex::default(),
                 clock: std::sync::RwLock::new(Arc::new(SystemTime::now)),
             }),
         }
@@ -269,11 +277,21 @@ impl Registry {
             .is_some())
     }
 
+    /// Link a blob into `repo`. Callers hold the GC lock shared.
     async fn link(&self, repo: &RepositoryName, digest: &Digest) -> Result<()> {
         let value = gc::link_value(self.now());
+        self.note([digest]);
         self.backend_ref()
             .put(Table::Blobs(repo), &digest.to_string(), value)
             .await
+    }
+
+    /// Tell a collection in progress that these digests are in use now.
+    /// Callers hold the GC lock shared.
+    fn note<'a>(&self, digests: impl IntoIterator<Item = &'a Digest>) {
+        if let Some(noted) = lock(&self.inner.noted).as_mut() {
+            noted.extend(digests.into_iter().cloned());
+        }
     }
 
     fn repo_lock(&self, repo: &RepositoryName) -> Arc<tokio::sync::Mutex<()>> {
@@ -681,6 +699,12 @@ impl Registry {
             }
         }
 
+        self.note(
+            info.blobs()
+                .map(|d| &d.digest)
+                .chain(info.manifests.iter().map(|d| &d.digest))
+                .chain([&digest]),
+        );
         let be = self.backend_ref();
         be.write_blob(&digest, bytes).await?;
         let subject = info.subject.as_ref().map(|s| s.digest.clone());

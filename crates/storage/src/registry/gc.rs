@@ -20,24 +20,33 @@
 //!    referrer record); blob links that no marked manifest of the repository
 //!    references are removed once older than the grace period; then every
 //!    stored blob that is neither marked nor linked anywhere is deleted.
+//!    (A manifest's referrers do not keep it: an unreferenced, untagged,
+//!    old manifest goes, and so do its referrers unless tagged.)
 //!
 //! **Why a push in progress never loses a blob.** Every write that makes a
-//! blob reachable (an upload's commit and link, a mount, a manifest push
-//! with its checks) holds the registry's GC lock shared; mark and sweep hold
-//! it exclusively. So the sweep never sees a blob stored but not yet linked,
-//! and a manifest push either completes before the mark (the manifest is
-//! younger than the grace period, so a root, and marks its blobs) or starts
-//! after the sweep (it then sees exactly which links are left, and a missing
-//! one fails the push with `MANIFEST_BLOB_UNKNOWN` instead of storing a
-//! manifest with a dangling blob). A blob uploaded but not yet referenced
-//! is linked, and its link is younger than the grace period, so it stays:
-//! a push has the grace period between its blob uploads and its manifest.
-//! A blob the client skipped uploading because the registry has it (HEAD)
-//! is covered the same way: checking a link renews it when it is more than
-//! a few minutes old ([`Registry::stat_blob`]).
-//! Uploads themselves stream while GC runs; only their final commit waits.
-//! The locks are in-process: run GC in the process that serves the storage
-//! root (a separate process is safe only by the grace period).
+//! blob reachable (an upload's commit and link, a mount, a link renewed by a
+//! read, a manifest push with its checks) holds the registry's GC lock
+//! shared. A collection takes it exclusively once to start recording, from
+//! then on, every digest such a write links, stores as a manifest or
+//! references ("noted"); it marks without the lock, and sweeps in batches,
+//! each under the lock held exclusively, skipping whatever was noted. So:
+//! - a write that finished before recording started is seen by the mark;
+//!   one after is noted and spared (a blob is never seen between its store
+//!   and its link, a manifest push either is marked or its blobs are noted);
+//! - a manifest push that checks its blobs after a batch removed a link
+//!   fails with `MANIFEST_BLOB_UNKNOWN` instead of storing a manifest with a
+//!   dangling blob;
+//! - a blob uploaded but not yet referenced is linked, and its link is
+//!   younger than the grace period, so it stays: a push has the grace period
+//!   between its blob uploads and its manifest. A blob the client skipped
+//!   uploading because the registry has it (HEAD) is covered the same way:
+//!   checking a link renews it when it is more than a few minutes old
+//!   ([`Registry::stat_blob`]).
+//!
+//! Pushes wait only while a batch of removals runs, never for the mark.
+//! Collections run one at a time. The locks are in-process: run GC in the
+//! process that serves the storage root (a separate process is protected
+//! only by the grace period).
 //!
 //! [`Registry::collect_garbage`] is the older, narrower operation: no
 //! retention, every manifest is a root, and links expire only when asked.
@@ -329,6 +338,7 @@ impl Registry {
     }
 
     async fn run_gc(&self, plan: &Plan<'_>) -> Result<GcReport> {
+        let _one_at_a_time = self.inner.gc_run.lock().await;
         let started = Instant::now();
         let mut report = GcReport {
             dry_run: plan.dry_run,
@@ -358,26 +368,34 @@ impl Registry {
             }
         }
 
-        let gc = self.inner.gc_lock.write().await;
+        // From here on every write that makes something reachable is noted
+        // (taking the lock waits for the writes in progress), so the mark
+        // needs no lock: what it misses is noted, and the sweep spares it.
+        let _recording = if plan.dry_run {
+            None
+        } else {
+            let _gc = self.inner.gc_lock.write().await;
+            *super::lock(&self.inner.noted) = Some(HashSet::new());
+            Some(Recording(self))
+        };
         let mut live: HashSet<Digest> = HashSet::new();
+        let mut doomed = Doomed::default();
         for repo in self.repositories().await? {
-            self.mark_and_sweep_repo(&repo, plan, &expired, &mut cache, &mut live, &mut report)
+            self.mark_repo(&repo, plan, &expired, &mut cache, &mut live, &mut doomed)
                 .await?;
         }
-        let be = self.backend_ref();
+        doomed
+            .manifests
+            .sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let mut blobs = Vec::new();
         for digest in self.blobs().await? {
             if live.contains(&digest) {
                 report.blobs_kept += 1;
-                continue;
+            } else {
+                blobs.push(digest);
             }
-            report.bytes_freed += be.blob_size(&digest).await?.unwrap_or(0);
-            if !plan.dry_run {
-                be.delete_blob(&digest).await?;
-            }
-            report.blobs_removed.push(digest);
         }
-        drop(gc);
-
+        self.sweep(plan, doomed, blobs, &mut report).await?;
         report.duration = started.elapsed();
         tracing::info!(
             dry_run = plan.dry_run,
@@ -487,17 +505,16 @@ impl Registry {
         Ok(Some(refs))
     }
 
-    /// Mark from the roots of `repo`, remove its unmarked manifests and
-    /// expired links, and add what it keeps to `live`. The caller holds the
-    /// GC lock exclusively.
-    async fn mark_and_sweep_repo(
+    /// Mark from the roots of `repo`; add what it keeps to `live` and what
+    /// it does not to `doomed`.
+    async fn mark_repo(
         &self,
         repo: &RepositoryName,
         plan: &Plan<'_>,
         expired: &HashSet<(RepositoryName, String)>,
         cache: &mut RefsCache,
         live: &mut HashSet<Digest>,
-        report: &mut GcReport,
+        doomed: &mut Doomed,
     ) -> Result<()> {
         let be = self.backend_ref();
         let mut records: HashMap<Digest, ManifestRecord> = HashMap::new();
@@ -554,25 +571,13 @@ impl Registry {
             }
         }
 
-        // Sweep manifests. Tags pointing at one can only be expired ones
-        // (in a dry run); referrer records go with it.
-        let mut doomed: Vec<&Digest> = records.keys().filter(|d| !marked.contains(*d)).collect();
-        doomed.sort();
-        for digest in doomed {
-            if !plan.dry_run {
-                let key = digest.to_string();
-                if let Some(subject) = &records[digest].subject {
-                    be.remove(Table::Referrers(repo, subject), &key).await?;
-                }
-                be.remove(Table::Manifests(repo), &key).await?;
+        for (digest, record) in &records {
+            if !marked.contains(digest) {
+                doomed
+                    .manifests
+                    .push((repo.clone(), digest.clone(), record.subject.clone()));
             }
-            tracing::debug!(%repo, %digest, "manifest removed");
-            report.manifests_deleted.push(RemovedManifest {
-                repository: repo.to_string(),
-                digest: digest.clone(),
-            });
         }
-
         for digest in self.linked_blobs(repo).await? {
             let expired_link = match plan.link_max_age {
                 Some(max_age) if !referenced.contains(&digest) => {
@@ -586,13 +591,7 @@ impl Registry {
                 _ => false,
             };
             if expired_link {
-                if !plan.dry_run {
-                    be.remove(Table::Blobs(repo), &digest.to_string()).await?;
-                }
-                report.links_removed.push(RemovedLink {
-                    repository: repo.to_string(),
-                    digest,
-                });
+                doomed.links.push((repo.clone(), digest));
             } else {
                 live.insert(digest);
             }
@@ -600,5 +599,95 @@ impl Registry {
         live.extend(referenced);
         live.extend(marked);
         Ok(())
+    }
+
+    /// Remove what the mark doomed, in batches, each under the GC lock held
+    /// exclusively, sparing whatever was noted since the collection began.
+    /// Manifests and links go before blobs, so a blob whose link was spared
+    /// is spared too (its digest is noted).
+    async fn sweep(
+        &self,
+        plan: &Plan<'_>,
+        doomed: Doomed,
+        blobs: Vec<Digest>,
+        report: &mut GcReport,
+    ) -> Result<()> {
+        let be = self.backend_ref();
+        let noted = |d: &Digest| {
+            super::lock(&self.inner.noted)
+                .as_ref()
+                .is_some_and(|n| n.contains(d))
+        };
+        for batch in doomed.manifests.chunks(SWEEP_BATCH) {
+            let _gc = self.inner.gc_lock.write().await;
+            for (repo, digest, subject) in batch {
+                if noted(digest) {
+                    continue;
+                }
+                if !plan.dry_run {
+                    let key = digest.to_string();
+                    if let Some(subject) = subject {
+                        be.remove(Table::Referrers(repo, subject), &key).await?;
+                    }
+                    be.remove(Table::Manifests(repo), &key).await?;
+                }
+                tracing::debug!(%repo, %digest, "manifest removed");
+                report.manifests_deleted.push(RemovedManifest {
+                    repository: repo.to_string(),
+                    digest: digest.clone(),
+                });
+            }
+        }
+        for batch in doomed.links.chunks(SWEEP_BATCH) {
+            let _gc = self.inner.gc_lock.write().await;
+            for (repo, digest) in batch {
+                if noted(digest) {
+                    continue;
+                }
+                if !plan.dry_run {
+                    be.remove(Table::Blobs(repo), &digest.to_string()).await?;
+                }
+                report.links_removed.push(RemovedLink {
+                    repository: repo.to_string(),
+                    digest: digest.clone(),
+                });
+            }
+        }
+        for batch in blobs.chunks(SWEEP_BATCH) {
+            let _gc = self.inner.gc_lock.write().await;
+            for digest in batch {
+                if noted(digest) {
+                    report.blobs_kept += 1;
+                    continue;
+                }
+                report.bytes_freed += be.blob_size(digest).await?.unwrap_or(0);
+                if !plan.dry_run {
+                    be.delete_blob(digest).await?;
+                }
+                report.blobs_removed.push(digest.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many removals a sweep makes per hold of the GC lock: pushes wait at
+/// most one batch.
+const SWEEP_BATCH: usize = 16;
+
+/// What the mark found unneeded: manifests (repository, digest, subject)
+/// and blob links.
+#[derive(Default)]
+struct Doomed {
+    manifests: Vec<(RepositoryName, Digest, Option<Digest>)>,
+    links: Vec<(RepositoryName, Digest)>,
+}
+
+/// Stops recording noted digests when the collection ends, however it ends.
+struct Recording<'a>(&'a Registry);
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        *super::lock(&self.0.inner.noted) = None;
     }
 }
