@@ -442,14 +442,16 @@ impl Upstream {
         reference: &Reference,
     ) -> ApiResult<StoredManifest> {
         let tag = match reference {
-            Reference::Digest(_) => {
-                if let Some(m) = self.local(registry, repo, reference).await? {
-                    return Ok(m);
-                }
-                None
-            }
+            Reference::Digest(_) => None,
             Reference::Tag(t) => Some((repo.clone(), t.to_string())),
         };
+        // The common case without waiting for anyone: held, and (for a tag)
+        // confirmed upstream within the TTL.
+        if tag.as_ref().is_none_or(|key| self.is_fresh(key))
+            && let Some(m) = self.local(registry, repo, reference).await?
+        {
+            return Ok(m);
+        }
         let _flight = self.flight(format!("manifest {repo}:{reference}")).await;
         let cached = self.local(registry, repo, reference).await?;
         let Some(key) = tag else {

@@ -529,3 +529,60 @@ async fn upstream_credentials_are_sent() {
         Some(digest.to_string().as_str())
     );
 }
+
+#[tokio::test]
+async fn a_misbehaving_upstream_gives_404_never_500() {
+    // An upstream that answers 500 to manifests of `broken/*`, sends bytes
+    // that do not match the digest asked for, and a truncated blob.
+    let good_blob = Bytes::from_static(b"the real content of the blob");
+    let good_digest = Digest::sha256(&good_blob);
+    let fake = Router::new().fallback(move |req: Request<Body>| async move {
+        let path = req.uri().path().to_string();
+        let status_body = |status: u16, body: &'static str| {
+            axum::response::Response::builder()
+                .status(status)
+                .header("content-type", media_type::OCI_MANIFEST)
+                .body(Body::from(body))
+                .unwrap()
+        };
+        if path == "/v2/" {
+            status_body(200, "{}")
+        } else if path.starts_with("/v2/broken/") {
+            status_body(500, "oops")
+        } else if path.contains("/manifests/") {
+            // Valid JSON, but not what any digest names, and not a manifest.
+            status_body(
+                200,
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+            )
+        } else {
+            status_body(200, "not the blob")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Server::start(listener, fake, None).unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let app = proxy(
+        &Registry::memory(),
+        vec![UpstreamSettings::new("quay.io", &url).unwrap()],
+    );
+    for path in [
+        "/v2/quay.io/broken/app/manifests/v1".to_string(),
+        "/v2/quay.io/org/app/manifests/v1".to_string(),
+        format!("/v2/quay.io/org/app/manifests/{}", Digest::sha256(b"m")),
+    ] {
+        let r = get(&app, &path).await;
+        r.expect(404);
+        assert_eq!(r.code(), "MANIFEST_UNKNOWN", "{path}");
+    }
+    let r = get(&app, &format!("/v2/quay.io/org/app/blobs/{good_digest}")).await;
+    r.expect(404);
+    assert_eq!(r.code(), "BLOB_UNKNOWN");
+    assert!(
+        r.json()["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream quay.io failed")
+    );
+    server.shutdown().await;
+}
