@@ -213,3 +213,41 @@ fn pull_through_a_distribution_upstream() {
         out.describe()
     );
 }
+
+/// `examples/pull-through-mirror.yaml` parses and proxies docker.io and
+/// quay.io.
+#[test]
+fn pull_through_example_parses() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pull-through-mirror.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let settings =
+        speculum_server::Settings::parse(&text, &path, |name| Some(format!("value-of-{name}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let upstreams: Vec<(&str, &str)> = settings
+        .upstreams
+        .iter()
+        .map(|u| (u.namespace.as_str(), u.host.as_str()))
+        .collect();
+    assert_eq!(
+        upstreams,
+        [
+            ("docker.io", "registry-1.docker.io"),
+            ("quay.io", "quay.io")
+        ]
+    );
+    let hub = &settings.upstreams[0];
+    assert_eq!(
+        hub.credentials,
+        Some((
+            "ci-mirror".to_string(),
+            "value-of-SPECULUM_DOCKERHUB_TOKEN".to_string()
+        ))
+    );
+    assert_eq!(hub.tag_ttl, Duration::from_secs(600));
+    let quay = settings.upstreams[1].repositories.as_ref().unwrap();
+    assert!(quay.is_match("prometheus/node-exporter"));
+    assert!(quay.is_match("openstack.kolla/nova-api"));
+    assert!(!quay.is_match("other/prometheus/x"));
+    assert!(settings.anonymous_read);
+}
