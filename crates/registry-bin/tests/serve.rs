@@ -1,0 +1,677 @@
+//! `speculum-registry serve` and `prune` end to end: the binary as built, a
+//! config file on disk, real clients (skopeo, a private dockerd). Servers bind
+//! 127.0.0.1 only; nothing reaches a public registry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use speculum_testkit::{
+    CmdOutput, DEFAULT_TIMEOUT, Dockerd, DockerdOptions, ImageFormat, ImageSpec, free_port,
+    require_tool, run, run_ok,
+};
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_speculum-registry");
+const SECRET: &str = "a-test-secret-of-some-length";
+
+/// A bcrypt htpasswd line (`$2y$`, as `htpasswd -B` writes) at a low cost.
+fn htpasswd_line(user: &str, password: &str) -> String {
+    let hash = bcrypt::hash(password, 5)
+        .unwrap()
+        .replacen("$2b$", "$2y$", 1);
+    format!("{user}:{hash}\n")
+}
+
+/// TLS files from a generated CA: `tls/cert.pem` (chain), `tls/key.pem`, and
+/// `certs.d/ca.crt` for skopeo's `--cert-dir`.
+struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    cert_dir: PathBuf,
+}
+
+fn make_tls(dir: &Path) -> Tls {
+    let generated = speculum_server::generate_certificate(&["localhost".into()], &[]).unwrap();
+    let tls = dir.join("tls");
+    let cert_dir = dir.join("certs.d");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::create_dir_all(&cert_dir).unwrap();
+    let t = Tls {
+        cert: tls.join("cert.pem"),
+        key: tls.join("key.pem"),
+        ca: cert_dir.join("ca.crt"),
+        cert_dir,
+    };
+    std::fs::write(&t.cert, generated.chain_pem()).unwrap();
+    std::fs::write(&t.key, generated.key_pem()).unwrap();
+    std::fs::write(&t.ca, &generated.ca_pem).unwrap();
+    t
+}
+
+/// `speculum-registry serve --config FILE`; SIGKILLed on drop unless stopped.
+struct Serve {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(config: &Path, port: u16, env: &[(&str, &str)]) -> Serve {
+        let log = config.with_extension("log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,speculum_server=debug")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut serve = Serve {
+            child: Some(child),
+            port,
+            log,
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = serve.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve exited with {status}:\n{}", serve.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "serve did not start:\n{}",
+                serve.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        serve
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn docker_ref(&self, name: &str) -> String {
+        format!("docker://{}/{name}", self.host())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "exit {status} after SIGTERM:\n{}",
+                    self.log()
+                );
+                assert!(self.log().contains("SIGTERM received"));
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain-HTTP GET: status and body.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn skopeo() -> Command {
+    require_tool("skopeo");
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--insecure-policy");
+    cmd
+}
+
+/// skopeo copy from an OCI layout to `dest`, with `creds` if given.
+fn push(image_ref: &str, dest: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
+    let mut cmd = skopeo();
+    cmd.arg("copy");
+    match cert_dir {
+        Some(d) => cmd.arg("--dest-cert-dir").arg(d),
+        None => cmd.arg("--dest-tls-verify=false"),
+    };
+    if let Some(c) = creds {
+        cmd.args(["--dest-creds", c]);
+    } else {
+        cmd.arg("--dest-no-creds");
+    }
+    cmd.args([image_ref, dest]);
+    run(&mut cmd, DEFAULT_TIMEOUT)
+}
+
+/// skopeo inspect: the manifest digest, or the failure.
+fn inspect(reference: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
+    let mut cmd = skopeo();
+    cmd.args(["inspect", "--format", "{{.Digest}}"]);
+    match cert_dir {
+        Some(d) => cmd.arg("--cert-dir").arg(d),
+        None => cmd.arg("--tls-verify=false"),
+    };
+    match creds {
+        Some(c) => cmd.args(["--creds", c]),
+        None => cmd.arg("--no-creds"),
+    };
+    run(cmd.arg(reference), DEFAULT_TIMEOUT)
+}
+
+fn image(dir: &Path, seed: u64) -> speculum_testkit::Image {
+    ImageSpec::new(&[200_000, 30_000])
+        .seed(seed)
+        .write_layout(&dir.join(format!("img{seed}")), "v1")
+}
+
+/// A zuul-registry config as zuul-jobs writes it (TLS, a secret from the
+/// environment, plain-password users, one of them read-only), unchanged.
+#[test]
+fn zuul_registry_config_serves_skopeo_with_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls(dir.path());
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"registry:
+  address: '127.0.0.1'
+  port: {port}
+  public-url: https://127.0.0.1:{port}
+  tls-cert: {cert}
+  tls-key: {key}
+  secret: "%(ZUUL_REGISTRY_SECRET)"
+  users:
+    - name: writer
+      pass: writerpass
+      access: write
+    - name: reader
+      pass: readerpass
+      access: read
+  storage:
+    driver: filesystem
+    root: {root}
+  expiration: 86400
+"#,
+            cert = tls.cert.display(),
+            key = tls.key.display(),
+            root = dir.path().join("data").display(),
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, port, &[("ZUUL_REGISTRY_SECRET", SECRET)]);
+    let img = image(dir.path(), 1);
+    let target = serve.docker_ref("test/img:v1");
+    let certs = Some(tls.cert_dir.as_path());
+
+    let out = push(&img.oci_ref(), &target, Some("writer:writerpass"), certs);
+    assert!(out.success(), "{}\n{}", out.describe(), serve.log());
+    // Refused: no credentials, a wrong password, a read user.
+    for creds in [None, Some("writer:wrong"), Some("reader:readerpass")] {
+        let out = push(
+            &img.oci_ref(),
+            &serve.docker_ref("test/other:v1"),
+            creds,
+            certs,
+        );
+        assert!(!out.success(), "{creds:?} pushed");
+    }
+    let out = push(
+        &img.oci_ref(),
+        &serve.docker_ref("test/other:v1"),
+        Some("reader:readerpass"),
+        certs,
+    );
+    assert!(
+        out.stderr.contains("denied") || out.stderr.contains("403"),
+        "{}",
+        out.describe()
+    );
+    // A read user exists, so anonymous read is off (zuul-registry's rule).
+    assert!(!inspect(&target, None, certs).success());
+    for creds in ["reader:readerpass", "writer:writerpass"] {
+        let out = inspect(&target, Some(creds), certs);
+        assert!(out.success(), "{}", out.describe());
+        assert_eq!(out.stdout.trim(), img.manifest.to_string());
+    }
+    serve.stop();
+}
+
+/// htpasswd (bcrypt) users, anonymous read, plain HTTP; /healthz and /metrics.
+#[test]
+fn htpasswd_users_and_anonymous_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("htpasswd"),
+        format!("# writers\n{}", htpasswd_line("alice", "alice-pw")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("htpasswd-read"),
+        htpasswd_line("bob", "bob-pw"),
+    )
+    .unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  secret-file: secret\n  \
+             htpasswd: htpasswd\n  htpasswd-read: htpasswd-read\n  anonymous-read: true\n  \
+             storage: {{driver: filesystem, root: data}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+    let serve = Serve::start(&config, port, &[]);
+    let img = image(dir.path(), 2);
+    let target = serve.docker_ref("team/app:v1");
+
+    assert!(!push(&img.oci_ref(), &target, None, None).success());
+    assert!(!push(&img.oci_ref(), &target, Some("alice:wrong"), None).success());
+    assert!(!push(&img.oci_ref(), &target, Some("bob:bob-pw"), None).success());
+    let out = push(&img.oci_ref(), &target, Some("alice:alice-pw"), None);
+    assert!(out.success(), "{}\n{}", out.describe(), serve.log());
+    // Anonymous pull, and with wrong credentials (a mirror client's).
+    for creds in [None, Some("hubuser:hubpw"), Some("bob:bob-pw")] {
+        let out = inspect(&target, creds, None);
+        assert!(out.success(), "{creds:?}: {}", out.describe());
+        assert_eq!(out.stdout.trim(), img.manifest.to_string());
+    }
+
+    let (status, body) = http_get(port, "/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _) = http_get(port, "/v2/");
+    assert_eq!(status, 401, "anonymous /v2/ gets the challenge");
+    let (status, metrics) = http_get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"speculum_http_requests_total{route="manifest",method="PUT",status="201"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"route="token""#), "{metrics}");
+    assert!(metrics.contains("speculum_http_request_bytes_total"));
+    serve.stop();
+}
+
+/// A bad key, a bad value or a missing variable stops startup with a
+/// message naming the key (or variable) and the file.
+#[test]
+fn config_errors_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown-key.yaml",
+            "registry:\n  address: 127.0.0.1\n  port: 1\n  storage: {driver: filesystem, root: x}\n  colour: blue\n",
+            "colour",
+        ),
+        (
+            "bad-access.yaml",
+            "registry:\n  address: 127.0.0.1\n  port: 1\n  storage: {driver: filesystem, root: x}\n  users: [{name: a, pass: b, access: admin}]\n",
+            "registry.users[0].access",
+        ),
+        (
+            "bad-duration.yaml",
+            "registry:\n  address: 127.0.0.1\n  port: 1\n  storage: {driver: filesystem, root: x}\n  gc: {interval: often}\n",
+            "registry.gc.interval",
+        ),
+        (
+            "missing-env.yaml",
+            "registry:\n  address: 127.0.0.1\n  port: 1\n  storage: {driver: filesystem, root: x}\n  secret: '%(ZUUL_NOT_SET_ANYWHERE)'\n",
+            "ZUUL_NOT_SET_ANYWHERE",
+        ),
+        (
+            "md5-htpasswd.yaml",
+            "registry:\n  address: 127.0.0.1\n  port: 1\n  storage: {driver: filesystem, root: x}\n  htpasswd: md5\n",
+            "md5:1",
+        ),
+    ];
+    std::fs::write(dir.path().join("md5"), "carol:$apr1$abc$def\n").unwrap();
+    for (name, text, key) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        for command in ["serve", "prune"] {
+            let out = run(
+                Command::new(BIN)
+                    .args([command, "--config"])
+                    .arg(&path)
+                    .env_remove("ZUUL_NOT_SET_ANYWHERE"),
+                Duration::from_secs(30),
+            );
+            assert_eq!(out.status.code(), Some(2), "{name}: {}", out.describe());
+            assert!(out.stderr.contains(key), "{name}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(&path.display().to_string()),
+                "{name}: {}",
+                out.stderr
+            );
+        }
+    }
+}
+
+/// `prune --dry-run` reports what retention would delete and deletes
+/// nothing; `prune` then deletes it.
+#[test]
+fn prune_dry_run_reports_and_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  users: [{{name: zuul, pass: pw, access: write}}]\n  \
+             storage: {{driver: filesystem, root: data}}\n  expiration: 0\n  log-format: json\n"
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, port, &[]);
+    assert!(
+        serve.log().trim_start().starts_with('{'),
+        "log-format: json from the config: {}",
+        serve.log()
+    );
+    let img = image(dir.path(), 3);
+    let build_tag = format!("{}_v1", "0123456789abcdef0123456789abcdef");
+    for tag in [build_tag.as_str(), "keep"] {
+        let out = push(
+            &img.oci_ref(),
+            &serve.docker_ref(&format!("ir/app:{tag}")),
+            Some("zuul:pw"),
+            None,
+        );
+        assert!(out.success(), "{}", out.describe());
+    }
+    serve.stop();
+
+    let prune = |extra: &[&str]| {
+        run_ok(
+            Command::new(BIN)
+                .args(["prune", "--config"])
+                .arg(&config)
+                .args(extra),
+        )
+    };
+    let dry = prune(&["--dry-run", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(report["dry_run"], true);
+    let tags = report["tags_deleted"].as_array().unwrap();
+    assert_eq!(tags.len(), 1, "{report}");
+    assert_eq!(tags[0]["repository"], "ir/app");
+    assert_eq!(tags[0]["tag"], build_tag.as_str());
+    let text = prune(&["--dry-run"]);
+    assert!(
+        text.stdout
+            .contains(&format!("would remove tag ir/app:{build_tag}")),
+        "{}",
+        text.stdout
+    );
+    assert!(text.stdout.contains("freed"), "{}", text.stdout);
+
+    // Nothing was deleted.
+    let serve = Serve::start(&config, port, &[]);
+    for tag in [build_tag.as_str(), "keep"] {
+        let out = inspect(&serve.docker_ref(&format!("ir/app:{tag}")), None, None);
+        assert!(out.success(), "{tag}: {}", out.describe());
+    }
+    serve.stop();
+
+    let real = prune(&["--json"]);
+    let report: serde_json::Value = serde_json::from_str(&real.stdout).unwrap();
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["tags_deleted"].as_array().unwrap().len(), 1);
+    let serve = Serve::start(&config, port, &[]);
+    let gone = inspect(
+        &serve.docker_ref(&format!("ir/app:{build_tag}")),
+        None,
+        None,
+    );
+    assert!(!gone.success(), "the expired tag is gone");
+    let kept = inspect(&serve.docker_ref("ir/app:keep"), None, None);
+    assert!(kept.success(), "{}", kept.describe());
+    assert_eq!(kept.stdout.trim(), img.manifest.to_string());
+    serve.stop();
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every example config in examples/ parses (the compose one, which names
+/// files that exist only in the container, is started by the compose test).
+#[test]
+fn example_configs_parse() {
+    let dir = repo_root().join("examples");
+    let mut checked = 0;
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    paths.sort();
+    assert!(paths.contains(&dir.join("intermediate-registry.yaml")));
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let settings =
+            speculum_server::Settings::parse(&text, &path, |name| Some(format!("value-of-{name}")))
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(settings.listen.port() > 0);
+        checked += 1;
+    }
+    assert!(checked >= 1);
+}
+
+/// docker-compose.yml parses, mounts files that exist in the repository (or
+/// directories whose README says what to put there), and its config, with
+/// the container paths mapped to a temporary copy, serves with TLS and
+/// htpasswd from those directories.
+#[test]
+fn compose_file_mounts_what_exists_and_its_config_serves() {
+    let root = repo_root();
+    let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let compose: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let service = &compose["services"]["registry"];
+    assert_eq!(service["build"].as_str(), Some("."));
+    assert!(root.join("Dockerfile").is_file());
+    let command: Vec<&str> = service["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(command, ["serve", "--config", "/conf/registry.yaml"]);
+    let mut mounts = Vec::new();
+    for volume in service["volumes"].as_sequence().unwrap() {
+        let v = volume.as_str().unwrap();
+        let mut parts = v.split(':');
+        let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+        if let Some(rel) = host.strip_prefix("./") {
+            let path = root.join(rel);
+            assert!(path.exists(), "{v}: {} does not exist", path.display());
+            mounts.push((container.to_string(), path));
+        } else {
+            let named = compose["volumes"][host].is_mapping() || compose["volumes"][host].is_null();
+            assert!(
+                named,
+                "{v}: neither a path in the repository nor a named volume"
+            );
+            assert_eq!(container, "/storage");
+        }
+    }
+    let mount = |c: &str| mounts.iter().find(|(m, _)| m == c).unwrap().1.clone();
+    let config_path = mount("/conf").join("registry.yaml");
+    assert!(config_path.is_file());
+    // Certificates and passwords are never committed: their directories say
+    // how to create them.
+    for (dir, file) in [
+        ("/certs", "domain.crt"),
+        ("/certs", "domain.key"),
+        ("/auth", "htpasswd"),
+    ] {
+        assert!(mount(dir).join("README.md").is_file(), "{dir}");
+        let config = std::fs::read_to_string(&config_path).unwrap();
+        assert!(config.contains(&format!("{dir}/{file}")), "{dir}/{file}");
+    }
+
+    // Now what the container would do: the same config, with the mounts
+    // in a temporary directory, the certificate and htpasswd created there.
+    let tmp = TempDir::new().unwrap();
+    let tls = make_tls(tmp.path());
+    let certs = tmp.path().join("certs");
+    let auth = tmp.path().join("auth");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&auth).unwrap();
+    std::fs::copy(&tls.cert, certs.join("domain.crt")).unwrap();
+    std::fs::copy(&tls.key, certs.join("domain.key")).unwrap();
+    std::fs::write(auth.join("htpasswd"), htpasswd_line("zuul", "zuul-pw")).unwrap();
+    let port = free_port();
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("address: '::'", "address: '127.0.0.1'")
+        .replace("port: 5000", &format!("port: {port}"))
+        .replace("/certs/", &format!("{}/", certs.display()))
+        .replace("/auth/", &format!("{}/", auth.display()))
+        .replace(
+            "root: /storage",
+            &format!("root: {}/storage", tmp.path().display()),
+        );
+    let config_copy = tmp.path().join("registry.yaml");
+    std::fs::write(&config_copy, config).unwrap();
+    let serve = Serve::start(&config_copy, port, &[("ZUUL_REGISTRY_SECRET", SECRET)]);
+    let img = image(tmp.path(), 4);
+    let target = serve.docker_ref("zuul/app:v1");
+    let cert_dir = Some(tls.cert_dir.as_path());
+    assert!(!push(&img.oci_ref(), &target, None, cert_dir).success());
+    let out = push(&img.oci_ref(), &target, Some("zuul:zuul-pw"), cert_dir);
+    assert!(out.success(), "{}\n{}", out.describe(), serve.log());
+    assert!(
+        !inspect(&target, None, cert_dir).success(),
+        "anonymous-read: false"
+    );
+    assert!(inspect(&target, Some("zuul:zuul-pw"), cert_dir).success());
+    serve.stop();
+}
+
+/// Docker reads auth challenges only from `GET /v2/`: with the Bearer
+/// challenge there, `docker login` and `docker push` work, and anonymous
+/// `docker pull` too.
+#[test]
+fn docker_logs_in_pushes_and_pulls_anonymously() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls(dir.path());
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  tls-cert: {}\n  tls-key: {}\n  \
+             users: [{{name: zuul, pass: zuul-pw, access: write}}]\n  storage: {{driver: filesystem, root: data}}\n",
+            tls.cert.display(),
+            tls.key.display()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, port, &[]);
+    let img = ImageSpec::new(&[40_000])
+        .busybox(true)
+        .format(ImageFormat::DockerV2S2)
+        .seed(5)
+        .write_layout(&dir.path().join("busybox"), "v1");
+    let out = push(
+        &img.oci_ref(),
+        &serve.docker_ref("myorg/app:v1"),
+        Some("zuul:zuul-pw"),
+        Some(&tls.cert_dir),
+    );
+    assert!(out.success(), "{}", out.describe());
+
+    let dockerd = Dockerd::start(DockerdOptions::new().registry_ca(&serve.host(), &tls.ca));
+    let source = format!("{}/myorg/app:v1", serve.host());
+    let pull = run(dockerd.docker().args(["pull", &source]), DEFAULT_TIMEOUT);
+    assert!(
+        pull.success(),
+        "anonymous pull: {}\n{}",
+        pull.describe(),
+        serve.log()
+    );
+    let target = format!("{}/myorg/pushed:v1", serve.host());
+    run_ok(dockerd.docker().args(["tag", &source, &target]));
+    let anonymous = run(dockerd.docker().args(["push", &target]), DEFAULT_TIMEOUT);
+    assert!(!anonymous.success(), "pushed without logging in");
+    let bad = run(
+        dockerd.docker().args([
+            "login",
+            &serve.host(),
+            "--username",
+            "zuul",
+            "--password",
+            "wrong",
+        ]),
+        DEFAULT_TIMEOUT,
+    );
+    assert!(!bad.success(), "logged in with a wrong password");
+    run_ok(dockerd.docker().args([
+        "login",
+        &serve.host(),
+        "--username",
+        "zuul",
+        "--password",
+        "zuul-pw",
+    ]));
+    let push = run(dockerd.docker().args(["push", &target]), DEFAULT_TIMEOUT);
+    assert!(
+        push.success(),
+        "{}\n--- registry log ---\n{}",
+        push.describe(),
+        serve.log()
+    );
+    let out = inspect(
+        &serve.docker_ref("myorg/pushed:v1"),
+        None,
+        Some(&tls.cert_dir),
+    );
+    assert!(out.success(), "{}", out.describe());
+    serve.stop();
+}
