@@ -3,25 +3,37 @@
 //! [`Notifier`](super::Notifier) runs on.
 //!
 //! ```yaml
-//! webhooks:
-//!   queue-dir: /var/lib/speculum/webhooks   # default: <storage root>/_webhooks
-//!   endpoints:
-//!     - name: deploy
-//!       url: https://cd.example.org/hooks/docker?token=s3cret
-//!       format: dockerhub
-//!       events: [push]
-//!       tags: "v[0-9.]+|latest"
-//!     - name: audit
-//!       url: https://audit.example.org/registry
-//!       format: distribution
-//!       events: [push, delete, mount]
-//!       headers: {Authorization: "Bearer abc", X-Site: [a, b]}
-//!       secret-file: /etc/speculum/audit.key
-//!       timeout: 10s
-//!       backoff: 2s
-//!       max-backoff: 10m
-//!       max-retries: 50
+//! registry:
+//!   # ... address, port, users, storage ...
+//!   webhooks:
+//!     queue-dir: /var/lib/speculum/webhooks   # default: <storage root>/_webhooks
+//!     endpoints:
+//!       - name: deploy
+//!         # Docker Hub-style receivers check a token in the query string.
+//!         url: https://cd.example.org/hooks/docker?token=s3cret
+//!         format: dockerhub
+//!         events: [push]
+//!         tags: "v[0-9.]+|latest"
+//!       - name: audit
+//!         url: https://audit.example.org/registry
+//!         format: distribution
+//!         events: [push, delete, mount]
+//!         headers: {Authorization: "Bearer abc", X-Site: [a, b]}
+//!         secret-file: /etc/speculum/audit.key
+//!         timeout: 10s
+//!         backoff: 2s
+//!         max-backoff: 10m
+//!         max-retries: 50
+//!         ca: /etc/speculum/audit-ca.pem
 //! ```
+//!
+//! Defaults: `events: [push]`, `format: distribution`, `timeout: 5s`,
+//! `backoff: 1s` doubling after each failed attempt up to `max-backoff: 5m`,
+//! and no `max-retries` (retry until accepted: one delivery that is never
+//! accepted holds up the endpoint's later ones, so set `max-retries` for a
+//! receiver that may refuse events for good; given-up deliveries go to the
+//! queue's `dead/` directory). `repositories` and `tags` are regexes that
+//! must match the whole name; with `tags`, events without a tag are not sent.
 
 use std::collections::BTreeMap;
 use std::fmt;
