@@ -9,20 +9,22 @@
 //!   bytes). So the content is linked only into the repository it was
 //!   fetched for, digests never change, and garbage collection, retention,
 //!   tag listing and the catalog see proxied content like pushed content.
-//! - **Image manifests are stored once their blobs are.** The registry
-//!   refuses a manifest whose config or layers it does not hold, so on a
-//!   manifest miss the config and layers are downloaded first (three at a
-//!   time), then the manifest is stored and answered. The client's blob
-//!   requests that follow are local hits.
-//! - **Indexes are lazy.** A multi-platform index is answered at once, but
-//!   stored only when every child is (a registry holds no index whose
-//!   children it lacks): until then it is kept in memory, and each child is
-//!   fetched (with its blobs) when a client asks for it by digest. Pulling
-//!   one platform of a ten-platform image downloads one platform. A restart
-//!   forgets an index that is not complete yet; the next request fetches it
-//!   again.
-//! - **Blobs** asked for directly (a blob GET or HEAD that misses in a
-//!   proxied repository) are downloaded into storage, then served.
+//! - **A manifest is answered as soon as it is fetched**, and stored once
+//!   what it needs is: the registry refuses a manifest whose config, layers
+//!   or child manifests it does not hold. Until then it is kept in memory
+//!   (and served from there, by tag and by digest).
+//!   - An image manifest's config and layers are downloaded in the
+//!     background at once (three at a time); the client's own blob requests
+//!     join those downloads. The last one stores the manifest.
+//!   - An index is lazy: each child manifest is fetched when a client asks
+//!     for it by digest, so pulling one platform of a ten-platform image
+//!     downloads one platform. The index is stored when all its children
+//!     are.
+//!   - A restart forgets what is still in memory; the next request fetches
+//!     it again.
+//! - **Blobs** asked for (a blob GET or HEAD that misses in a proxied
+//!   repository) are downloaded into storage (`put_blob` checks the digest),
+//!   then served from there.
 //! - **One download per thing**: concurrent requests for the same blob, or
 //!   the same manifest reference, in the same repository wait for the first
 //!   one's download instead of starting their own.
@@ -215,21 +217,30 @@ impl Upstreams {
     }
 }
 
-/// An index whose children are not all stored yet, served from memory.
+/// A fetched manifest that cannot be stored yet, served from memory.
 struct Pending {
     media_type: String,
     bytes: Bytes,
-    children: Vec<Digest>,
+    needs: Needs,
     since: Instant,
+}
+
+/// What must be stored before a manifest can be.
+#[derive(Clone)]
+enum Needs {
+    /// An image manifest: its config and layers.
+    Blobs(Vec<Digest>),
+    /// An index: its child manifests.
+    Children(Vec<Digest>),
 }
 
 #[derive(Default)]
 struct State {
     /// When each `(repo, tag)` was last confirmed upstream.
     checked: HashMap<(RepositoryName, String), Instant>,
-    /// Incomplete indexes by `(repo, digest)`.
+    /// Manifests waiting for their blobs or children, by `(repo, digest)`.
     pending: HashMap<(RepositoryName, Digest), Pending>,
-    /// Tags that point at an incomplete index.
+    /// Tags that point at a pending manifest (they win over stored tags).
     pending_tags: HashMap<(RepositoryName, String), Digest>,
     /// Set after a connection failure: the upstream is not asked before.
     down_until: Option<Instant>,
@@ -392,34 +403,42 @@ impl Upstream {
         }
     }
 
-    /// The manifest if held here: stored, or an incomplete index in memory.
+    /// The manifest if held here: a pending one in memory (a tag fetched
+    /// again is pending before it is stored), else a stored one.
     async fn local(
         &self,
         registry: &Registry,
         repo: &RepositoryName,
         reference: &Reference,
     ) -> ApiResult<Option<StoredManifest>> {
-        match registry.get_manifest(repo, reference).await {
-            Ok(m) => return Ok(Some(m)),
-            Err(e) if is_unknown(&e) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let state = lock(&self.state);
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => match state.pending_tags.get(&(repo.clone(), t.to_string())) {
-                Some(d) => d.clone(),
-                None => return Ok(None),
-            },
+        let pending = {
+            let state = lock(&self.state);
+            let digest = match reference {
+                Reference::Digest(d) => Some(d.clone()),
+                Reference::Tag(t) => state
+                    .pending_tags
+                    .get(&(repo.clone(), t.to_string()))
+                    .cloned(),
+            };
+            digest.and_then(|digest| {
+                state
+                    .pending
+                    .get(&(repo.clone(), digest.clone()))
+                    .map(|p| StoredManifest {
+                        digest,
+                        media_type: p.media_type.clone(),
+                        bytes: p.bytes.clone(),
+                    })
+            })
         };
-        Ok(state
-            .pending
-            .get(&(repo.clone(), digest.clone()))
-            .map(|p| StoredManifest {
-                digest,
-                media_type: p.media_type.clone(),
-                bytes: p.bytes.clone(),
-            }))
+        if pending.is_some() {
+            return Ok(pending);
+        }
+        match registry.get_manifest(repo, reference).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if is_unknown(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn is_fresh(&self, key: &(RepositoryName, String)) -> bool {
@@ -435,7 +454,7 @@ impl Upstream {
 
     #[tracing::instrument(level = "debug", skip_all, fields(namespace = %self.namespace(), %repo, %reference))]
     async fn manifest(
-        &self,
+        self: &Arc<Self>,
         registry: &Registry,
         repo: &RepositoryName,
         remote: &RepositoryName,
@@ -500,10 +519,11 @@ impl Upstream {
         Ok(served)
     }
 
-    /// Fetch a manifest from the upstream, store it (after its blobs, or in
-    /// memory for an incomplete index) and return it.
+    /// Fetch a manifest from the upstream and answer it at once: stored if
+    /// everything it needs is here, else held in memory until it is (an
+    /// image manifest's blobs are then downloaded in the background).
     async fn fetch(
-        &self,
+        self: &Arc<Self>,
         registry: &Registry,
         repo: &RepositoryName,
         remote: &RepositoryName,
@@ -511,10 +531,7 @@ impl Upstream {
     ) -> ApiResult<StoredManifest> {
         let what = reference.to_string();
         let raw: RawManifest = self
-            .call(
-                MANIFEST_TIMEOUT,
-                self.client.get_manifest(remote, &what),
-            )
+            .call(MANIFEST_TIMEOUT, self.client.get_manifest(remote, &what))
             .await
             .map_err(|f| {
                 if let Failure::Failed(why) = &f {
@@ -538,62 +555,90 @@ impl Upstream {
             media_type: info.media_type.clone(),
             bytes: raw.bytes.clone(),
         };
+        let needs = if info.manifests.is_empty() {
+            Needs::Blobs(info.required_blobs().map(|d| d.digest.clone()).collect())
+        } else {
+            Needs::Children(info.manifests.iter().map(|c| c.digest.clone()).collect())
+        };
 
-        if !info.manifests.is_empty() {
-            let children: Vec<Digest> = info.manifests.iter().map(|c| c.digest.clone()).collect();
-            self.hold_index(repo, reference, &served, children);
-            self.commit_pending(registry, repo).await?;
+        if self.is_complete(registry, repo, &needs).await? {
+            match registry
+                .put_manifest(repo, reference, Some(&info.media_type), raw.bytes)
+                .await
+            {
+                Ok(_) => {}
+                Err(e @ speculum_storage::Error::Client { .. }) => return Err(bad(e.to_string())),
+                Err(e) => return Err(e.into()),
+            }
             if let Reference::Tag(t) = reference {
-                // An older manifest stored under this tag must not shadow the
-                // index held in memory.
-                let still_pending = lock(&self.state)
-                    .pending
-                    .contains_key(&(repo.clone(), served.digest.clone()));
-                if still_pending {
-                    match registry.delete_manifest(repo, reference).await {
-                        Ok(()) => tracing::debug!(tag = %t, "dropped the stale stored tag"),
-                        Err(e) if is_unknown(&e) => {}
+                lock(&self.state)
+                    .pending_tags
+                    .remove(&(repo.clone(), t.to_string()));
+            }
+            self.commit_pending(registry, repo).await?;
+            return Ok(served);
+        }
+
+        self.hold(repo, reference, &served, needs.clone());
+        if let Needs::Blobs(blobs) = needs {
+            let this = Arc::clone(self);
+            let (registry, repo, remote) = (registry.clone(), repo.clone(), remote.clone());
+            let digest = served.digest.clone();
+            tokio::spawn(async move {
+                let fetched = futures_util::stream::iter(blobs)
+                    .map(|blob| {
+                        let (this, registry, repo, remote) = (&this, &registry, &repo, &remote);
+                        async move { this.ensure_blob(registry, repo, remote, &blob).await }
+                    })
+                    .buffer_unordered(PARALLEL_BLOBS)
+                    .try_collect::<Vec<()>>()
+                    .await;
+                // Each download stores what it completes (see ensure_blob);
+                // a failure leaves the rest to the client's own requests.
+                if let Err(e) = fetched {
+                    tracing::warn!(%repo, %digest, error = %e, "background blob download failed; blobs are fetched again on request");
+                }
+            });
+        }
+        Ok(served)
+    }
+
+    /// Whether everything `needs` names is stored in `repo`.
+    async fn is_complete(
+        &self,
+        registry: &Registry,
+        repo: &RepositoryName,
+        needs: &Needs,
+    ) -> ApiResult<bool> {
+        match needs {
+            Needs::Blobs(blobs) => {
+                for blob in blobs {
+                    match registry.stat_blob(repo, blob).await {
+                        Ok(_) => {}
+                        Err(e) if is_unknown(&e) => return Ok(false),
                         Err(e) => return Err(e.into()),
                     }
                 }
             }
-            return Ok(served);
+            Needs::Children(children) => {
+                for child in children {
+                    let child = Reference::Digest(child.clone());
+                    if registry.resolve(repo, &child).await?.is_none() {
+                        return Ok(false);
+                    }
+                }
+            }
         }
-
-        let blobs: Vec<Digest> = info.required_blobs().map(|d| d.digest.clone()).collect();
-        futures_util::stream::iter(blobs)
-            .map(|digest| async move { self.ensure_blob(registry, repo, remote, &digest).await })
-            .buffer_unordered(PARALLEL_BLOBS)
-            .try_collect::<Vec<()>>()
-            .await
-            .map_err(|e| {
-                tracing::warn!(%remote, reference = %what, error = %e, "cannot fetch the manifest's blobs");
-                ApiError::new(ErrorCode::ManifestUnknown)
-                    .message(format!(
-                        "manifest unknown to registry; fetching its blobs from upstream {} failed: {e}",
-                        self.namespace()
-                    ))
-                    .detail(json!({ "reference": what, "upstream": self.namespace() }))
-            })?;
-        match registry
-            .put_manifest(repo, reference, Some(&info.media_type), raw.bytes)
-            .await
-        {
-            Ok(_) => {}
-            Err(e @ speculum_storage::Error::Client { .. }) => return Err(bad(e.to_string())),
-            Err(e) => return Err(e.into()),
-        }
-        self.commit_pending(registry, repo).await?;
-        Ok(served)
+        Ok(true)
     }
 
-    /// Keep an index in memory until its children are all stored.
-    fn hold_index(
+    /// Keep a manifest in memory until what it needs is stored.
+    fn hold(
         &self,
         repo: &RepositoryName,
         reference: &Reference,
-        index: &StoredManifest,
-        children: Vec<Digest>,
+        manifest: &StoredManifest,
+        needs: Needs,
     ) {
         let mut state = lock(&self.state);
         if state.pending.len() >= MAX_PENDING
@@ -604,51 +649,45 @@ impl Upstream {
                 .map(|(k, _)| k.clone())
         {
             state.pending.remove(&oldest);
-            state.pending_tags.retain(|_, d| *d != oldest.1);
+            state
+                .pending_tags
+                .retain(|(r, _), d| !(*r == oldest.0 && *d == oldest.1));
         }
         state.pending.insert(
-            (repo.clone(), index.digest.clone()),
+            (repo.clone(), manifest.digest.clone()),
             Pending {
-                media_type: index.media_type.clone(),
-                bytes: index.bytes.clone(),
-                children,
+                media_type: manifest.media_type.clone(),
+                bytes: manifest.bytes.clone(),
+                needs,
                 since: Instant::now(),
             },
         );
         if let Reference::Tag(t) = reference {
             state
                 .pending_tags
-                .insert((repo.clone(), t.to_string()), index.digest.clone());
+                .insert((repo.clone(), t.to_string()), manifest.digest.clone());
         }
     }
 
-    /// Store every index of `repo` held in memory whose children are now
-    /// all stored, under its digest and the tags that point at it.
+    /// Store every pending manifest of `repo` whose blobs or children are
+    /// now all stored (image manifests first, so the indexes they complete
+    /// follow in the same pass), under the tags that point at it.
     async fn commit_pending(&self, registry: &Registry, repo: &RepositoryName) -> ApiResult<()> {
-        let candidates: Vec<(Digest, Vec<Digest>)> = lock(&self.state)
+        let mut candidates: Vec<(Digest, Needs)> = lock(&self.state)
             .pending
             .iter()
             .filter(|((r, _), _)| r == repo)
-            .map(|((_, d), p)| (d.clone(), p.children.clone()))
+            .map(|((_, d), p)| (d.clone(), p.needs.clone()))
             .collect();
-        for (digest, children) in candidates {
-            let mut complete = true;
-            for child in children {
-                if registry
-                    .resolve(repo, &Reference::Digest(child))
-                    .await?
-                    .is_none()
-                {
-                    complete = false;
-                    break;
-                }
-            }
-            if !complete {
+        candidates.sort_by_key(|(_, needs)| matches!(needs, Needs::Children(_)));
+        for (digest, needs) in candidates {
+            if !self.is_complete(registry, repo, &needs).await? {
                 continue;
             }
             let (pending, tags) = {
                 let mut state = lock(&self.state);
                 let Some(p) = state.pending.remove(&(repo.clone(), digest.clone())) else {
+                    // Another request stored it meanwhile.
                     continue;
                 };
                 let tags: Vec<String> = state
@@ -662,11 +701,13 @@ impl Upstream {
                 }
                 (p, tags)
             };
-            let mut references = vec![Reference::Digest(digest.clone())];
-            references.extend(
-                tags.iter()
-                    .filter_map(|t| t.parse().ok().map(Reference::Tag)),
-            );
+            let mut references: Vec<Reference> = tags
+                .iter()
+                .filter_map(|t| t.parse().ok().map(Reference::Tag))
+                .collect();
+            if references.is_empty() {
+                references.push(Reference::Digest(digest.clone()));
+            }
             for reference in references {
                 if let Err(e) = registry
                     .put_manifest(
@@ -677,11 +718,11 @@ impl Upstream {
                     )
                     .await
                 {
-                    // Served from upstream again next time; nothing is lost.
-                    tracing::warn!(%repo, %reference, error = %e, "cannot store a proxied index");
+                    // Fetched from the upstream again next time.
+                    tracing::warn!(%repo, %reference, error = %e, "cannot store a proxied manifest");
                 }
             }
-            tracing::debug!(%repo, %digest, "proxied index complete and stored");
+            tracing::debug!(%repo, %digest, "proxied manifest stored");
         }
         Ok(())
     }
@@ -724,7 +765,8 @@ impl Upstream {
         {
             Ok(size) => {
                 tracing::info!(%remote, size, elapsed = ?started.elapsed(), "fetched blob from upstream");
-                Ok(())
+                // A manifest waiting for this blob may be complete now.
+                self.commit_pending(registry, repo).await
             }
             // A broken stream or content that does not match its digest.
             Err(e @ speculum_storage::Error::Client { .. }) => {

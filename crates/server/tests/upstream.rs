@@ -165,6 +165,27 @@ async fn get(app: &Router, path: &str) -> Resp {
     send(app, Method::GET, path).await
 }
 
+/// Wait (up to 10 s) until `registry` holds `reference` in `repo`: proxied
+/// manifests are stored once their blobs are, in the background.
+async fn stored(
+    registry: &Registry,
+    repo: &str,
+    reference: &str,
+) -> speculum_storage::StoredManifest {
+    let reference: Reference = reference.parse().unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(m) = registry.get_manifest(&name(repo), &reference).await {
+            return m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{repo}:{reference} was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A proxy over `registry` with the given upstreams.
 fn proxy(registry: &Registry, upstreams: Vec<UpstreamSettings>) -> Router {
     let state = AppState::new(registry.clone(), AuthPolicy::open())
@@ -200,11 +221,8 @@ async fn serves_an_image_that_exists_only_upstream_and_caches_it() {
     let r = send(&app, Method::HEAD, "/v2/docker.io/busybox/manifests/v1").await;
     r.expect(200);
     // Stored byte for byte, with its blobs, in the repository asked for.
-    let stored = local
-        .get_manifest(&name("busybox"), &"v1".parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stored.bytes, bytes);
+    let held = stored(&local, "busybox", "v1").await;
+    assert_eq!(held.bytes, bytes);
     let r = get(&app, &format!("/v2/busybox/blobs/{layer}")).await;
     r.expect(200);
     assert_eq!(r.body.len(), 200_000);
@@ -215,6 +233,7 @@ async fn serves_an_image_that_exists_only_upstream_and_caches_it() {
     get(&app, "/v2/quay.io/org/app/manifests/v1")
         .await
         .expect(200);
+    stored(&local, "quay.io/org/app", "v1").await;
     let r = get(&app, "/v2/org/app/manifests/v1?ns=quay.io").await;
     r.expect(200);
     assert_eq!(
@@ -470,12 +489,9 @@ async fn an_index_is_served_at_once_and_stored_when_its_children_are() {
     get(&app, &format!("/v2/quay.io/org/multi/manifests/{b}"))
         .await
         .expect(200);
-    let stored = local
-        .get_manifest(&repo, &"v1".parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stored.digest, index_digest);
-    assert_eq!(stored.bytes, index);
+    let held = stored(&local, "quay.io/org/multi", "v1").await;
+    assert_eq!(held.digest, index_digest);
+    assert_eq!(held.bytes, index);
 }
 
 #[tokio::test]
