@@ -30,8 +30,9 @@
 //!   one's download instead of starting their own.
 //! - **Tags are re-checked after `tag-ttl`** with a HEAD (no pull counted on
 //!   Docker Hub): same digest, nothing to do; another digest, the new
-//!   manifest is fetched; upstream unreachable or the tag gone upstream, the
-//!   cached one is served and a warning logged. A tag's first use after a
+//!   manifest is fetched; upstream unreachable, the cached one is served
+//!   and a warning logged; tag unknown upstream (deleted there, or pushed
+//!   here), the one held here is served. A tag's first use after a
 //!   restart counts as stale. Digest references are never checked upstream
 //!   when the manifest is held locally: a digest names one content forever.
 //! - **Failures are 404s.** A client configured with mirrors falls back to
@@ -506,7 +507,9 @@ impl Upstream {
                 }
             }
             Ok(None) => {
-                tracing::warn!(digest = %cached.digest, "tag is gone upstream; serving the cached manifest");
+                // Deleted upstream, or a tag pushed here that the upstream
+                // never had: either way the one held here stands.
+                tracing::debug!(digest = %cached.digest, "tag not upstream; serving the one held here");
                 cached
             }
             Err(Failure::NotFound) => cached,

@@ -602,3 +602,32 @@ async fn a_misbehaving_upstream_gives_404_never_500() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn tags_pushed_here_that_the_upstream_lacks_are_kept() {
+    let up = Upstream::start().await;
+    // The "proxy" registry got this image by a push, not from the upstream.
+    let here = Upstream::start().await;
+    let (digest, bytes, _) = here.image("myorg/app", "build1_latest", 9).await;
+    let ttl = Duration::from_millis(100);
+    let app = proxy(
+        &here.registry,
+        vec![
+            UpstreamSettings::new("docker.io", &up.url)
+                .unwrap()
+                .tag_ttl(ttl),
+        ],
+    );
+    for _ in 0..2 {
+        let r = get(&app, "/v2/myorg/app/manifests/build1_latest").await;
+        r.expect(200);
+        assert_eq!(r.body, bytes);
+        assert_eq!(
+            r.header("docker-content-digest"),
+            Some(digest.to_string().as_str())
+        );
+        tokio::time::sleep(ttl + Duration::from_millis(20)).await;
+    }
+    // Asked upstream (HEAD), which does not have it.
+    assert!(up.count(Method::HEAD, "/manifests/build1_latest") >= 1);
+}
