@@ -70,9 +70,6 @@ def test_docker_pulls_runs_and_builds_from_the_buildset_registry(ansible, docker
     assert labels[0]['Config']['Labels']['org.zuul-ci.change'] == '123'
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    'speculum-registry answers GET /v2/ with 200 to anonymous clients; dockerd only sends credentials '
-    'after a 401 challenge there, so its push is refused (registry issue 2)'))
 def test_docker_build_pushes_to_the_buildset_registry(ansible, docker_with_mirror, buildset_registry):
     setup = docker_with_mirror
     ansible.role('build-docker-image', {
@@ -80,7 +77,6 @@ def test_docker_build_pushes_to_the_buildset_registry(ansible, docker_with_mirro
                            'build_args': ['GREETING=hello'], 'tags': ['latest']}],
         'zuul_work_dir': str(setup['src']),
         'buildset_registry': setup['registry'],
-        'build_container_image_push_retries': 1,
         'build_container_image_environment': setup['build_env'],
     }, extra_vars={'zuul': ansible.zuul_vars()})
     inspected = support.skopeo('inspect', '--cert-dir', str(buildset_registry['certs']),
