@@ -102,7 +102,10 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         let (alg, hex) = s.split_once(':').ok_or_else(|| {
-            Error::new(ErrorKind::Digest, format!("digest {s:?} has no algorithm prefix"))
+            Error::new(
+                ErrorKind::Digest,
+                format!("digest {s:?} has no algorithm prefix"),
+            )
         })?;
         let algorithm: Algorithm = alg.parse()?;
         if hex.len() != algorithm.hex_len() {
@@ -115,13 +118,19 @@ impl FromStr for Digest {
                 ),
             ));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(Error::new(
                 ErrorKind::Digest,
                 format!("digest {s:?} must be lowercase hex"),
             ));
         }
-        Ok(Digest { algorithm, hex: hex.to_string() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_string(),
+        })
     }
 }
 

@@ -29,7 +29,10 @@ pub enum ErrorKind {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into() }
+        Error {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// What kind of value was rejected.
@@ -186,9 +189,17 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     /// A body with one error.
-    pub fn new(code: ErrorCode, message: impl Into<String>, detail: Option<serde_json::Value>) -> Self {
+    pub fn new(
+        code: ErrorCode,
+        message: impl Into<String>,
+        detail: Option<serde_json::Value>,
+    ) -> Self {
         ErrorBody {
-            errors: vec![ErrorEntry { code: code.as_str().to_string(), message: message.into(), detail }],
+            errors: vec![ErrorEntry {
+                code: code.as_str().to_string(),
+                message: message.into(),
+                detail,
+            }],
         }
     }
 }

@@ -26,10 +26,18 @@ pub struct Platform {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// OS version (Windows).
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     /// OS features.
-    #[serde(rename = "os.features", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_features: Option<Vec<String>>,
 }
 
@@ -102,9 +110,11 @@ impl ManifestInfo {
     /// The blobs that must exist for this manifest to be complete: the config
     /// and every layer that is distributable (has no `urls`).
     pub fn required_blobs(&self) -> impl Iterator<Item = &Descriptor> {
-        self.config
-            .iter()
-            .chain(self.layers.iter().filter(|l| l.urls.as_ref().is_none_or(|u| u.is_empty())))
+        self.config.iter().chain(
+            self.layers
+                .iter()
+                .filter(|l| l.urls.as_ref().is_none_or(|u| u.is_empty())),
+        )
     }
 
     /// Every blob the manifest references, distributable or not.
@@ -151,7 +161,9 @@ fn invalid(msg: impl Into<String>) -> Error {
 /// OCI manifest). When both are present they must agree.
 pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestInfo, Error> {
     if bytes.len() > MAX_MANIFEST_SIZE {
-        return Err(invalid(format!("manifest is larger than {MAX_MANIFEST_SIZE} bytes")));
+        return Err(invalid(format!(
+            "manifest is larger than {MAX_MANIFEST_SIZE} bytes"
+        )));
     }
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| invalid(format!("manifest is not JSON: {e}")))?;
@@ -161,9 +173,9 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestInfo, E
     let raw: Raw = serde_json::from_value(value)
         .map_err(|e| invalid(format!("manifest has an invalid field: {e}")))?;
 
-    let header = content_type.map(media_type::essence).filter(|t| {
-        !t.is_empty() && t != "application/json" && t != "application/octet-stream"
-    });
+    let header = content_type
+        .map(media_type::essence)
+        .filter(|t| !t.is_empty() && t != "application/json" && t != "application/octet-stream");
     let declared = raw.media_type.as_deref();
     let media_type = match (header.as_deref(), declared) {
         (Some(h), Some(d)) if h != d => {
@@ -214,18 +226,25 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestInfo, E
         }
         ManifestKind::Index => {
             if raw.config.is_some() || raw.layers.is_some() {
-                return Err(invalid(format!("{media_type} must not have config or layers")));
+                return Err(invalid(format!(
+                    "{media_type} must not have config or layers"
+                )));
             }
             let Some(children) = &raw.manifests else {
                 return Err(invalid(format!("{media_type} must have manifests")));
             };
-            if let Some(bad) = children.iter().find(|c| !media_type::is_manifest(&c.media_type))
+            if let Some(bad) = children
+                .iter()
+                .find(|c| !media_type::is_manifest(&c.media_type))
             {
                 // Nested artifacts of unknown manifest types are allowed by
                 // OCI, but we store only what we can validate.
                 return Err(Error::new(
                     ErrorKind::MediaType,
-                    format!("index entry {} has unsupported media type {}", bad.digest, bad.media_type),
+                    format!(
+                        "index entry {} has unsupported media type {}",
+                        bad.digest, bad.media_type
+                    ),
                 ));
             }
         }
@@ -271,14 +290,19 @@ mod tests {
         let m = parse(Some(OCI_MANIFEST), image(OCI_MANIFEST).as_bytes()).unwrap();
         assert_eq!(m.kind, ManifestKind::Image);
         assert_eq!(m.required_blobs().count(), 2);
-        assert_eq!(m.artifact_type.as_deref(), Some(crate::media_type::OCI_CONFIG));
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some(crate::media_type::OCI_CONFIG)
+        );
     }
 
     #[test]
     fn media_type_from_body_and_shape() {
         let m = parse(None, image(DOCKER_MANIFEST_V2).as_bytes()).unwrap();
         assert_eq!(m.media_type, DOCKER_MANIFEST_V2);
-        let body = format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":3}}]}}"#);
+        let body = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D1}","size":3}}]}}"#
+        );
         let m = parse(Some("application/json"), body.as_bytes()).unwrap();
         assert_eq!(m.media_type, OCI_INDEX);
         assert_eq!(m.manifests.len(), 1);
@@ -292,7 +316,9 @@ mod tests {
         assert!(parse(Some("text/plain"), image(OCI_MANIFEST).as_bytes()).is_err());
         let bad_digest = image(OCI_MANIFEST).replace(D2, "sha256:abc");
         assert!(parse(Some(OCI_MANIFEST), bad_digest.as_bytes()).is_err());
-        let no_layers = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{D1}","size":1}}}}"#);
+        let no_layers = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"{D1}","size":1}}}}"#
+        );
         assert!(parse(Some(OCI_MANIFEST), no_layers.as_bytes()).is_err());
         let v1 = image(OCI_MANIFEST).replace("\"schemaVersion\":2", "\"schemaVersion\":1");
         assert!(parse(Some(OCI_MANIFEST), v1.as_bytes()).is_err());

@@ -28,13 +28,22 @@ pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 
 /// Every manifest media type the registry stores, in the order a client that
 /// accepts anything should list them in an `Accept` header.
-pub const MANIFEST_TYPES: [&str; 4] =
-    [OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST_V2];
+pub const MANIFEST_TYPES: [&str; 4] = [
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST_V2,
+];
 
 /// The media type without parameters, lowercased: `Application/JSON; charset=utf-8`
 /// becomes `application/json`.
 pub fn essence(content_type: &str) -> String {
-    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Whether the media type is a single-image manifest (Docker v2 or OCI).
@@ -63,7 +72,10 @@ mod tests {
 
     #[test]
     fn essence_strips_parameters() {
-        assert_eq!(essence("Application/JSON; charset=utf-8"), "application/json");
+        assert_eq!(
+            essence("Application/JSON; charset=utf-8"),
+            "application/json"
+        );
         assert_eq!(essence(OCI_INDEX), OCI_INDEX);
         assert!(is_index(DOCKER_MANIFEST_LIST) && !is_index(OCI_MANIFEST));
     }

@@ -124,7 +124,8 @@ impl FromStr for Tag {
         let ok = !b.is_empty()
             && b.len() <= MAX_TAG_LEN
             && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-            && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+            && b.iter()
+                .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
         if ok {
             Ok(Tag(s.to_string()))
         } else {
@@ -196,7 +197,10 @@ mod tests {
             "x.y/z0",
             "registry.k8s.io/pause",
         ] {
-            assert!(good.parse::<RepositoryName>().is_ok(), "{good} should parse");
+            assert!(
+                good.parse::<RepositoryName>().is_ok(),
+                "{good} should parse"
+            );
         }
         for bad in [
             "",
@@ -218,7 +222,10 @@ mod tests {
             "a b",
             "a\\b",
         ] {
-            assert!(bad.parse::<RepositoryName>().is_err(), "{bad:?} should be rejected");
+            assert!(
+                bad.parse::<RepositoryName>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert!("a".repeat(256).parse::<RepositoryName>().is_err());
     }
