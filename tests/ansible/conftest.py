@@ -49,13 +49,18 @@ def start_buildset_registry(workdir: Path, host: str = 'localhost'):
     support.binary('speculum-registry')
     runner = support.Ansible(workdir)
     root = workdir / 'br'
-    runner.role('run-buildset-registry', {
-        'run_buildset_registry_root': str(root),
-        'run_buildset_registry_port': 0,
-        'run_buildset_registry_listen_address': '127.0.0.1',
-        'run_buildset_registry_host': host,
-    }, extra_vars={'zuul': runner.zuul_vars()})
-    registry = runner.results()['secret_data']['buildset_registry']
+    try:
+        runner.role('run-buildset-registry', {
+            'run_buildset_registry_root': str(root),
+            'run_buildset_registry_port': 0,
+            'run_buildset_registry_listen_address': '127.0.0.1',
+            'run_buildset_registry_host': host,
+        }, extra_vars={'zuul': runner.zuul_vars()})
+        registry = runner.results()['secret_data']['buildset_registry']
+    except BaseException:
+        # The role may have started the registry before it failed.
+        support.stop_pidfile(root / 'registry.pid')
+        raise
     runner.secrets.append(registry['password'])
     return runner, registry, root
 
@@ -213,3 +218,8 @@ def dockerd(tmp_path):
     subprocess.run(['chmod', '-R', 'u+w', str(tmp_path / 'docker-data')], capture_output=True)
     shutil.rmtree(tmp_path / 'docker-data', ignore_errors=True)
     shutil.rmtree(short, ignore_errors=True)
+
+
+def pytest_configure(config):
+    # zuul imports PyYAML's old _yaml location; not ours to fix.
+    config.addinivalue_line('filterwarnings', 'ignore:The _yaml extension module:DeprecationWarning')
