@@ -172,20 +172,13 @@ fn run(cli: Cli, settings: Option<Settings>, started: Instant) -> anyhow::Result
 }
 
 async fn serve(settings: Settings, started: Instant) -> anyhow::Result<()> {
-    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let signals = Signals::install()?;
     let server = IntermediateServer::start(&settings)
         .await
         .with_context(|| format!("cannot start the registry ({})", settings.source.display()))?;
-    tracing::info!(
-        addr = %server.local_addr(),
-        ready_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "accepting connections"
-    );
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
-    }
+    signals
+        .serve_until_stopped(server.local_addr(), started)
+        .await;
     server.shutdown().await;
     Ok(())
 }
@@ -282,8 +275,7 @@ async fn buildset(args: BuildsetArgs, started: Instant) -> anyhow::Result<()> {
     };
     // Install the signal handlers before announcing readiness, so a signal
     // sent right after the info appears is never missed.
-    let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let signals = Signals::install()?;
 
     let server = BuildsetServer::start(options)
         .await
@@ -304,20 +296,40 @@ async fn buildset(args: BuildsetArgs, started: Instant) -> anyhow::Result<()> {
         server.shutdown().await;
         return Err(e);
     }
-    tracing::info!(
-        addr = %server.local_addr(),
-        ready_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "accepting connections"
-    );
-
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT received, shutting down"),
-    }
+    signals
+        .serve_until_stopped(server.local_addr(), started)
+        .await;
     server.shutdown().await;
     Ok(())
 }
 
-fn signal(kind: tokio::signal::unix::SignalKind) -> anyhow::Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(kind).context("cannot install a signal handler")
+/// SIGTERM and SIGINT handlers, installed before a server announces readiness
+/// so that a signal sent right after the announcement is never missed.
+struct Signals {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind| signal(kind).context("cannot install a signal handler");
+        Ok(Signals {
+            sigterm: install(SignalKind::terminate())?,
+            sigint: install(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Log that the server at `addr` is ready, then wait for SIGTERM or SIGINT.
+    async fn serve_until_stopped(mut self, addr: std::net::SocketAddr, started: Instant) {
+        tracing::info!(
+            addr = %addr,
+            ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "accepting connections"
+        );
+        tokio::select! {
+            _ = self.sigterm.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = self.sigint.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
+    }
 }
