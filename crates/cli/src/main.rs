@@ -295,6 +295,14 @@ fn out_json(v: &impl serde::Serialize) -> Result<()> {
     out(&s)
 }
 
+/// The auth files to read: `--authfile`, else the default ones.
+fn auth_files(lookup: &Lookup) -> Vec<PathBuf> {
+    match &lookup.authfile {
+        Some(f) => vec![f.clone()],
+        None => sc::default_auth_files(),
+    }
+}
+
 /// Build a client for `r`'s registry from flags, env, auth files and certs.d.
 fn registry_for(
     r: &RegistryRef,
@@ -305,13 +313,11 @@ fn registry_for(
 ) -> Result<Arc<sc::Registry>> {
     let credentials = match creds {
         Some(c) => Some(sc::Credentials::parse(c).context("--creds")?),
-        None => {
-            let files = match &lookup.authfile {
-                Some(f) => vec![f.clone()],
-                None => sc::default_auth_files(),
-            };
-            sc::lookup_credentials(&files, &r.registry, Some(r.repository.as_str()))?
-        }
+        None => sc::lookup_credentials(
+            &auth_files(lookup),
+            &r.registry,
+            Some(r.repository.as_str()),
+        )?,
     };
     let mut ca_pems = Vec::new();
     for f in ca {
@@ -328,6 +334,17 @@ fn registry_for(
             attempts: None,
         },
     )?))
+}
+
+/// [`registry_for`] with one registry's `--creds`, `--ca` and `--insecure`.
+fn access_registry(r: &RegistryRef, access: &Access, lookup: &Lookup) -> Result<Arc<sc::Registry>> {
+    registry_for(
+        r,
+        access.creds.as_deref(),
+        &access.ca.iter().collect::<Vec<_>>(),
+        access.insecure,
+        lookup,
+    )
 }
 
 fn registry_ref(s: &str) -> Result<RegistryRef> {
@@ -365,20 +382,52 @@ struct Saas {
     quay: Option<sc::Quay>,
 }
 
+/// The clients a tag deletion may go through, owned: the registry, and the
+/// Docker Hub or Quay API client when `--api` resolves to that API.
+struct OwnedTagClients {
+    registry: Arc<sc::Registry>,
+    saas: Saas,
+    api: sc::TagApi,
+}
+
+impl OwnedTagClients {
+    fn borrow(&self) -> sc::TagClients<'_> {
+        sc::TagClients {
+            registry: &self.registry,
+            hub: self.saas.hub.as_ref(),
+            quay: self.saas.quay.as_ref(),
+            api: self.api,
+        }
+    }
+}
+
+/// The registry client (from `access`), then the SaaS clients, for `r`.
+fn tag_clients(
+    r: &RegistryRef,
+    access: &Access,
+    api: &TagApiArgs,
+    lookup: &Lookup,
+) -> Result<OwnedTagClients> {
+    let registry = access_registry(r, access, lookup)?;
+    let saas = saas(r, api, access, lookup)?;
+    Ok(OwnedTagClients {
+        registry,
+        saas,
+        api: api.api,
+    })
+}
+
 fn saas(r: &RegistryRef, api: &TagApiArgs, access: &Access, lookup: &Lookup) -> Result<Saas> {
     let resolved = api.api.resolve(r);
     let http = || sc::http_client(&[]);
     let hub = if resolved == sc::TagApi::DockerHub {
         let creds = match &access.creds {
             Some(c) => Some(sc::Credentials::parse(c)?),
-            None => {
-                let files = lookup
-                    .authfile
-                    .clone()
-                    .map(|f| vec![f])
-                    .unwrap_or_else(sc::default_auth_files);
-                sc::lookup_credentials(&files, sc::DOCKER_HUB, Some(r.repository.as_str()))?
-            }
+            None => sc::lookup_credentials(
+                &auth_files(lookup),
+                sc::DOCKER_HUB,
+                Some(r.repository.as_str()),
+            )?,
         };
         Some(sc::DockerHub::new(&api.hub_url, http()?, creds)?)
     } else {
@@ -475,13 +524,7 @@ async fn run(cmd: Command) -> Result<()> {
             lookup,
         } => {
             let r = registry_ref(&src)?;
-            let reg = registry_for(
-                &r,
-                access.creds.as_deref(),
-                &access.ca.iter().collect::<Vec<_>>(),
-                access.insecure,
-                &lookup,
-            )?;
+            let reg = access_registry(&r, &access, &lookup)?;
             let digest = sc::tag(&reg, &r, &tag_list(&tags)?)
                 .await
                 .with_context(|| r.to_string())?;
@@ -496,24 +539,11 @@ async fn run(cmd: Command) -> Result<()> {
             lookup,
         } => {
             let r = sc::parse_repository(&repo)?;
-            let reg = registry_for(
-                &r,
-                access.creds.as_deref(),
-                &access.ca.iter().collect::<Vec<_>>(),
-                access.insecure,
-                &lookup,
-            )?;
-            let s = saas(&r, &api, &access, &lookup)?;
-            let c = sc::TagClients {
-                registry: &reg,
-                hub: s.hub.as_ref(),
-                quay: s.quay.as_ref(),
-                api: api.api,
-            };
+            let clients = tag_clients(&r, &access, &api, &lookup)?;
             let from_t: speculum_oci::Tag = from
                 .parse()
                 .map_err(|e| anyhow!("invalid tag {from:?}: {e}"))?;
-            let digest = sc::promote(&c, &r, &from_t, &tag_list(&to)?)
+            let digest = sc::promote(&clients.borrow(), &r, &from_t, &tag_list(&to)?)
                 .await
                 .with_context(|| format!("promoting {}:{from}", r))?;
             out(format!("{digest}\n").as_bytes())?;
@@ -532,21 +562,8 @@ async fn run(cmd: Command) -> Result<()> {
             if r.digest.is_some() {
                 return Err(anyhow!("{reference}: delete-tag takes a tag, not a digest"));
             }
-            let reg = registry_for(
-                &r,
-                access.creds.as_deref(),
-                &access.ca.iter().collect::<Vec<_>>(),
-                access.insecure,
-                &lookup,
-            )?;
-            let s = saas(&r, &api, &access, &lookup)?;
-            let c = sc::TagClients {
-                registry: &reg,
-                hub: s.hub.as_ref(),
-                quay: s.quay.as_ref(),
-                api: api.api,
-            };
-            sc::delete_tag(&c, &r, tag.as_str())
+            let clients = tag_clients(&r, &access, &api, &lookup)?;
+            sc::delete_tag(&clients.borrow(), &r, tag.as_str())
                 .await
                 .with_context(|| r.to_string())?;
         }
@@ -563,27 +580,14 @@ async fn run(cmd: Command) -> Result<()> {
             let r = sc::parse_repository(&repo)?;
             let pattern = regex::Regex::new(&pattern)
                 .with_context(|| format!("invalid --match {pattern:?}"))?;
-            let reg = registry_for(
-                &r,
-                access.creds.as_deref(),
-                &access.ca.iter().collect::<Vec<_>>(),
-                access.insecure,
-                &lookup,
-            )?;
-            let s = saas(&r, &api, &access, &lookup)?;
-            let c = sc::TagClients {
-                registry: &reg,
-                hub: s.hub.as_ref(),
-                quay: s.quay.as_ref(),
-                api: api.api,
-            };
+            let clients = tag_clients(&r, &access, &api, &lookup)?;
             let opts = sc::CleanOptions {
                 pattern,
                 older_than: older_than.into(),
                 dry_run,
                 now: time::OffsetDateTime::now_utc(),
             };
-            let report = sc::clean(&c, &r, &opts)
+            let report = sc::clean(&clients.borrow(), &r, &opts)
                 .await
                 .with_context(|| r.to_string())?;
             if json {
@@ -636,13 +640,7 @@ async fn run(cmd: Command) -> Result<()> {
             lookup,
         } => {
             let r = sc::parse_repository(&repo)?;
-            let reg = registry_for(
-                &r,
-                access.creds.as_deref(),
-                &access.ca.iter().collect::<Vec<_>>(),
-                access.insecure,
-                &lookup,
-            )?;
+            let reg = access_registry(&r, &access, &lookup)?;
             let tags = reg
                 .list_tags(&r.repository)
                 .await

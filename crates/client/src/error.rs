@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use speculum_oci::Digest;
+
 /// Everything that can go wrong while talking to registries or layouts.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -124,3 +126,15 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Fail with [`Error::DigestMismatch`] unless `bytes` hash to `expected`.
+pub(crate) fn verify_digest(expected: &Digest, bytes: &[u8]) -> Result<()> {
+    let actual = Digest::of(expected.algorithm(), bytes);
+    if actual != *expected {
+        return Err(Error::DigestMismatch {
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}

@@ -14,7 +14,7 @@ use speculum_oci::{Descriptor, Digest, manifest::MAX_MANIFEST_SIZE};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, verify_digest};
 use crate::registry::{ByteStream, RawManifest};
 
 /// The annotation that holds a manifest's tag in `index.json`.
@@ -143,13 +143,7 @@ impl Layout {
             )));
         }
         let b = tokio::fs::read(&p).await.map_err(|e| Error::io(&p, e))?;
-        let actual = Digest::of(digest.algorithm(), &b);
-        if actual != *digest {
-            return Err(Error::DigestMismatch {
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        verify_digest(digest, &b)?;
         Ok(Bytes::from(b))
     }
 
@@ -217,13 +211,7 @@ impl Layout {
 
     /// Write a small blob (a manifest) verified.
     pub async fn put_bytes(&self, digest: &Digest, bytes: &Bytes) -> Result<()> {
-        let actual = Digest::of(digest.algorithm(), bytes);
-        if actual != *digest {
-            return Err(Error::DigestMismatch {
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        verify_digest(digest, bytes)?;
         let b = bytes.clone();
         self.put_blob(
             digest,

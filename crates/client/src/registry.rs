@@ -22,7 +22,7 @@ use speculum_oci::{
 use tokio::sync::Mutex;
 
 use crate::auth::{Challenge, Credentials, TokenResponse};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, verify_digest};
 use crate::reference::DOCKER_HUB;
 
 /// A boxed stream of blob bytes.
@@ -158,6 +158,15 @@ impl std::fmt::Debug for Registry {
             .field("base", &self.base.as_str())
             .finish()
     }
+}
+
+/// An `Accept` header naming every manifest media type.
+fn accept_manifests() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&media_type::accept_all_manifests()) {
+        h.insert(header::ACCEPT, v);
+    }
+    h
 }
 
 fn header_str(h: &HeaderMap, name: impl header::AsHeaderName) -> Option<String> {
@@ -365,7 +374,7 @@ impl Registry {
             req = req.header(header::AUTHORIZATION, c.basic_header());
         }
         let resp = req.send().await.map_err(|e| Error::Transport {
-            registry: realm_host(&url),
+            registry: host_of(&url),
             source: e,
         })?;
         let status = resp.status();
@@ -377,7 +386,7 @@ impl Registry {
             };
             return Err(auth_err(format!(
                 "token server {} answered {status} ({what})",
-                realm_host(&url)
+                host_of(&url)
             )));
         }
         let body = read_limited(resp, 1024 * 1024).await?;
@@ -526,16 +535,12 @@ impl Registry {
         repo: &RepositoryName,
         reference: &str,
     ) -> Result<RawManifest> {
-        let mut h = HeaderMap::new();
-        if let Ok(v) = HeaderValue::from_str(&media_type::accept_all_manifests()) {
-            h.insert(header::ACCEPT, v);
-        }
         let resp = self
             .send(
                 Method::GET,
                 &paths::manifest(repo, reference),
                 &[Scope::pull(repo)],
-                h,
+                accept_manifests(),
                 None,
             )
             .await?;
@@ -549,13 +554,7 @@ impl Registry {
         };
         let digest = match expected {
             Some(d) => {
-                let actual = Digest::of(d.algorithm(), &bytes);
-                if actual != d {
-                    return Err(Error::DigestMismatch {
-                        expected: d.to_string(),
-                        actual: actual.to_string(),
-                    });
-                }
+                verify_digest(&d, &bytes)?;
                 d
             }
             None => Digest::sha256(&bytes),
@@ -573,13 +572,15 @@ impl Registry {
         repo: &RepositoryName,
         reference: &str,
     ) -> Result<Option<(Digest, String)>> {
-        let mut h = HeaderMap::new();
-        if let Ok(v) = HeaderValue::from_str(&media_type::accept_all_manifests()) {
-            h.insert(header::ACCEPT, v);
-        }
         let url = self.url(&paths::manifest(repo, reference))?;
         let resp = self
-            .send_raw(Method::HEAD, url, &[Scope::pull(repo)], h, None)
+            .send_raw(
+                Method::HEAD,
+                url,
+                &[Scope::pull(repo)],
+                accept_manifests(),
+                None,
+            )
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -658,17 +659,25 @@ impl Registry {
         Ok(true)
     }
 
+    /// GET a blob, failing on an error status; the body is not read yet.
+    async fn blob_response(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<reqwest::Response> {
+        self.send(
+            Method::GET,
+            &paths::blob(repo, digest),
+            &[Scope::pull(repo)],
+            HeaderMap::new(),
+            None,
+        )
+        .await
+    }
+
     /// GET a blob as a stream (not verified here; the copy verifies).
     pub async fn get_blob(&self, repo: &RepositoryName, digest: &Digest) -> Result<ByteStream> {
-        let resp = self
-            .send(
-                Method::GET,
-                &paths::blob(repo, digest),
-                &[Scope::pull(repo)],
-                HeaderMap::new(),
-                None,
-            )
-            .await?;
+        let resp = self.blob_response(repo, digest).await?;
         let name = self.name.clone();
         Ok(Box::pin(resp.bytes_stream().map_err(move |e| {
             Error::Transport {
@@ -685,23 +694,9 @@ impl Registry {
         digest: &Digest,
         limit: u64,
     ) -> Result<Bytes> {
-        let resp = self
-            .send(
-                Method::GET,
-                &paths::blob(repo, digest),
-                &[Scope::pull(repo)],
-                HeaderMap::new(),
-                None,
-            )
-            .await?;
+        let resp = self.blob_response(repo, digest).await?;
         let b = read_limited(resp, limit).await?;
-        let actual = Digest::of(digest.algorithm(), &b);
-        if actual != *digest {
-            return Err(Error::DigestMismatch {
-                expected: digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        verify_digest(digest, &b)?;
         Ok(b)
     }
 
@@ -895,7 +890,8 @@ impl Registry {
     }
 }
 
-fn realm_host(url: &Url) -> String {
+/// `host[:port]` of `url` (the whole URL if it has no host).
+pub(crate) fn host_of(url: &Url) -> String {
     match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_string(),

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::auth::Credentials;
 use crate::error::{Error, Result};
-use crate::registry::read_limited;
+use crate::registry::{host_of, read_limited};
 
 /// Docker Hub's public API.
 pub const HUB_URL: &str = "https://hub.docker.com";
@@ -47,14 +47,6 @@ fn api_error(api: &str, what: &str, status: StatusCode, body: &Bytes) -> Error {
     }
 }
 
-fn host_of(url: &Url) -> String {
-    match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => url.to_string(),
-    }
-}
-
 fn join(base: &Url, path: &str) -> Result<Url> {
     let mut b = base.clone();
     if !b.path().ends_with('/') {
@@ -63,6 +55,46 @@ fn join(base: &Url, path: &str) -> Result<Url> {
     }
     b.join(path.trim_start_matches('/'))
         .map_err(|e| Error::input(format!("invalid API URL: {e}")))
+}
+
+/// `req` with `Authorization: Bearer <token>` when there is a token.
+fn with_bearer(req: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => req.header(header::AUTHORIZATION, format!("Bearer {t}")),
+        None => req,
+    }
+}
+
+/// Send `req` to the API named `api`; a failure to send is a transport error.
+async fn send(api: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    req.send().await.map_err(|e| Error::Transport {
+        registry: api.to_string(),
+        source: e,
+    })
+}
+
+/// Send a tag DELETE: its status and (best effort) its body, up to 1 MiB.
+async fn send_delete(api: &str, req: reqwest::RequestBuilder) -> Result<(StatusCode, Bytes)> {
+    let resp = send(api, req).await?;
+    let status = resp.status();
+    let body = read_limited(resp, 1 << 20).await.unwrap_or_default();
+    Ok((status, body))
+}
+
+/// GET one page of a tag list (at most 64 MiB), failing on an error status.
+async fn get_tag_page<T: serde::de::DeserializeOwned>(
+    api: &str,
+    req: reqwest::RequestBuilder,
+    path: &str,
+) -> Result<T> {
+    let resp = send(api, req).await?;
+    let status = resp.status();
+    let body = read_limited(resp, 64 << 20).await?;
+    if !status.is_success() {
+        return Err(api_error(api, path, status, &body));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Unsupported(format!("{api} sent an invalid tag page: {e}")))
 }
 
 /// A Docker Hub API client, logged in lazily.
@@ -105,29 +137,21 @@ impl DockerHub {
             reason: "Docker Hub's API needs credentials (--creds, an auth file or environment)"
                 .into(),
         })?;
-        let transport = |e| Error::Transport {
-            registry: self.name(),
-            source: e,
-        };
         // Current endpoint first; the legacy one for older deployments.
         let url = join(&self.base, "/v2/auth/token")?;
-        let resp = self
+        let req = self
             .http
             .post(url)
-            .json(&serde_json::json!({"identifier": c.username, "secret": c.password}))
-            .send()
-            .await
-            .map_err(transport)?;
+            .json(&serde_json::json!({"identifier": c.username, "secret": c.password}));
+        let resp = send(&self.name(), req).await?;
         let (status, body) = (resp.status(), read_limited(resp, 1 << 20).await?);
         let token = if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
             let url = join(&self.base, "/v2/users/login/")?;
-            let resp = self
+            let req = self
                 .http
                 .post(url)
-                .json(&serde_json::json!({"username": c.username, "password": c.password}))
-                .send()
-                .await
-                .map_err(transport)?;
+                .json(&serde_json::json!({"username": c.username, "password": c.password}));
+            let resp = send(&self.name(), req).await?;
             let (status, body) = (resp.status(), read_limited(resp, 1 << 20).await?);
             if !status.is_success() {
                 return Err(Error::Auth {
@@ -156,18 +180,8 @@ impl DockerHub {
     pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<()> {
         let token = self.login().await?;
         let path = format!("/v2/repositories/{repository}/tags/{tag}/");
-        let resp = self
-            .http
-            .delete(join(&self.base, &path)?)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .send()
-            .await
-            .map_err(|e| Error::Transport {
-                registry: self.name(),
-                source: e,
-            })?;
-        let status = resp.status();
-        let body = read_limited(resp, 1 << 20).await.unwrap_or_default();
+        let req = with_bearer(self.http.delete(join(&self.base, &path)?), Some(&token));
+        let (status, body) = send_delete(&self.name(), req).await?;
         match status {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(Error::NotFound(format!(
@@ -201,22 +215,8 @@ impl DockerHub {
         url.query_pairs_mut().append_pair("page_size", "100");
         let mut out = Vec::new();
         for _ in 0..10_000 {
-            let mut req = self.http.get(url.clone());
-            if let Some(t) = &token {
-                req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-            }
-            let resp = req.send().await.map_err(|e| Error::Transport {
-                registry: self.name(),
-                source: e,
-            })?;
-            let status = resp.status();
-            let body = read_limited(resp, 64 << 20).await?;
-            if !status.is_success() {
-                return Err(api_error(&self.name(), url.path(), status, &body));
-            }
-            let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::Unsupported(format!("{} sent an invalid tag page: {e}", self.name()))
-            })?;
+            let req = with_bearer(self.http.get(url.clone()), token.as_deref());
+            let page: Page = get_tag_page(&self.name(), req, url.path()).await?;
             out.extend(page.results.into_iter().map(|e| TagInfo {
                 updated: e.last_updated.as_deref().and_then(parse_rfc3339),
                 name: e.name,
@@ -268,10 +268,7 @@ impl Quay {
     }
 
     fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.token {
-            Some(t) => req.header(header::AUTHORIZATION, format!("Bearer {t}")),
-            None => req,
-        }
+        with_bearer(req, self.token.as_deref())
     }
 
     /// Delete one tag: `DELETE /api/v1/repository/NS/REPO/tag/TAG`.
@@ -284,16 +281,8 @@ impl Quay {
             });
         }
         let path = format!("/api/v1/repository/{repository}/tag/{tag}");
-        let resp = self
-            .authed(self.http.delete(join(&self.base, &path)?))
-            .send()
-            .await
-            .map_err(|e| Error::Transport {
-                registry: self.name(),
-                source: e,
-            })?;
-        let status = resp.status();
-        let body = read_limited(resp, 1 << 20).await.unwrap_or_default();
+        let req = self.authed(self.http.delete(join(&self.base, &path)?));
+        let (status, body) = send_delete(&self.name(), req).await?;
         match status {
             s if s.is_success() => Ok(()),
             StatusCode::NOT_FOUND => Err(Error::NotFound(format!(
@@ -332,22 +321,8 @@ impl Quay {
                 .append_pair("onlyActiveTags", "true")
                 .append_pair("limit", "100")
                 .append_pair("page", &page_no.to_string());
-            let resp = self
-                .authed(self.http.get(url.clone()))
-                .send()
-                .await
-                .map_err(|e| Error::Transport {
-                    registry: self.name(),
-                    source: e,
-                })?;
-            let status = resp.status();
-            let body = read_limited(resp, 64 << 20).await?;
-            if !status.is_success() {
-                return Err(api_error(&self.name(), url.path(), status, &body));
-            }
-            let page: Page = serde_json::from_slice(&body).map_err(|e| {
-                Error::Unsupported(format!("{} sent an invalid tag page: {e}", self.name()))
-            })?;
+            let req = self.authed(self.http.get(url.clone()));
+            let page: Page = get_tag_page(&self.name(), req, url.path()).await?;
             out.extend(page.tags.into_iter().map(|e| {
                 TagInfo {
                     updated: e
