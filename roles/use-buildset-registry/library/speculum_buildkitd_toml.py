@@ -45,35 +45,31 @@ path:
   returned: always
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.speculum_toml import update_file
+from ansible.module_utils.speculum_toml import run_module
+
+ARGUMENT_SPEC = dict(
+    mirrors=dict(type='list', elements='dict', required=True, options=dict(
+        namespace=dict(type='str', required=True),
+        location=dict(type='str', required=True),
+    )),
+    registry_host=dict(type='str', required=True),
+    ca_file=dict(type='path', required=True),
+)
+
+
+def edit(module, document):
+    registries = document.setdefault('registry', {})
+    for wanted in module.params['mirrors']:
+        entry = registries.setdefault(wanted['namespace'], {})
+        others = [m for m in entry.get('mirrors', []) if m != wanted['location']]
+        entry['mirrors'] = [wanted['location']] + others
+    host = registries.setdefault(module.params['registry_host'], {})
+    cas = [c for c in host.get('ca', []) if c != module.params['ca_file']]
+    host['ca'] = [module.params['ca_file']] + cas
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type='path', required=True),
-            mirrors=dict(type='list', elements='dict', required=True, options=dict(
-                namespace=dict(type='str', required=True),
-                location=dict(type='str', required=True),
-            )),
-            registry_host=dict(type='str', required=True),
-            ca_file=dict(type='path', required=True),
-        ),
-        supports_check_mode=True,
-    )
-
-    def edit(document):
-        registries = document.setdefault('registry', {})
-        for wanted in module.params['mirrors']:
-            entry = registries.setdefault(wanted['namespace'], {})
-            others = [m for m in entry.get('mirrors', []) if m != wanted['location']]
-            entry['mirrors'] = [wanted['location']] + others
-        host = registries.setdefault(module.params['registry_host'], {})
-        cas = [c for c in host.get('ca', []) if c != module.params['ca_file']]
-        host['ca'] = [module.params['ca_file']] + cas
-
-    update_file(module, module.params['path'], edit)
+    run_module(ARGUMENT_SPEC, edit)
 
 
 if __name__ == '__main__':

@@ -35,34 +35,30 @@ path:
   returned: always
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.speculum_toml import update_file
+from ansible.module_utils.speculum_toml import run_module
+
+ARGUMENT_SPEC = dict(
+    server=dict(type='str', required=True),
+    host=dict(type='str', required=True),
+    ca_file=dict(type='path', required=True),
+)
+
+
+def edit(module, document):
+    hosts = document.get('host', {})
+    ordered = {module.params['host']: {
+        'capabilities': ['pull', 'resolve'],
+        'ca': module.params['ca_file'],
+    }}
+    for name, settings in hosts.items():
+        if name != module.params['host']:
+            ordered[name] = settings
+    document.setdefault('server', module.params['server'])
+    document['host'] = ordered
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type='path', required=True),
-            server=dict(type='str', required=True),
-            host=dict(type='str', required=True),
-            ca_file=dict(type='path', required=True),
-        ),
-        supports_check_mode=True,
-    )
-
-    def edit(document):
-        hosts = document.get('host', {})
-        ordered = {module.params['host']: {
-            'capabilities': ['pull', 'resolve'],
-            'ca': module.params['ca_file'],
-        }}
-        for name, settings in hosts.items():
-            if name != module.params['host']:
-                ordered[name] = settings
-        document.setdefault('server', module.params['server'])
-        document['host'] = ordered
-
-    update_file(module, module.params['path'], edit)
+    run_module(ARGUMENT_SPEC, edit)
 
 
 if __name__ == '__main__':

@@ -43,47 +43,43 @@ path:
   returned: always
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.speculum_toml import update_file
+from ansible.module_utils.speculum_toml import run_module
+
+ARGUMENT_SPEC = dict(
+    mirrors=dict(type='list', elements='dict', required=True, options=dict(
+        prefix=dict(type='str', required=True),
+        location=dict(type='str', required=True),
+    )),
+    unqualified_search_registries=dict(type='list', elements='str', default=[]),
+)
+
+
+def edit(module, document):
+    if 'registries' in document:
+        module.fail_json(msg='%s uses the v1 format ([registries.*]); only v2 can be edited'
+                         % module.params['path'])
+    registries = document.setdefault('registry', [])
+    for wanted in module.params['mirrors']:
+        entry = None
+        for candidate in registries:
+            if candidate.get('prefix', candidate.get('location')) == wanted['prefix']:
+                entry = candidate
+                break
+        if entry is None:
+            entry = {'prefix': wanted['prefix'], 'location': wanted['prefix']}
+            registries.append(entry)
+        others = [m for m in entry.get('mirror', []) if m.get('location') != wanted['location']]
+        entry['mirror'] = [{'location': wanted['location']}] + others
+    search = document.get('unqualified-search-registries', [])
+    for name in module.params['unqualified_search_registries']:
+        if name not in search:
+            search.append(name)
+    if search:
+        document['unqualified-search-registries'] = search
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type='path', required=True),
-            mirrors=dict(type='list', elements='dict', required=True, options=dict(
-                prefix=dict(type='str', required=True),
-                location=dict(type='str', required=True),
-            )),
-            unqualified_search_registries=dict(type='list', elements='str', default=[]),
-        ),
-        supports_check_mode=True,
-    )
-
-    def edit(document):
-        if 'registries' in document:
-            module.fail_json(msg='%s uses the v1 format ([registries.*]); only v2 can be edited'
-                             % module.params['path'])
-        registries = document.setdefault('registry', [])
-        for wanted in module.params['mirrors']:
-            entry = None
-            for candidate in registries:
-                if candidate.get('prefix', candidate.get('location')) == wanted['prefix']:
-                    entry = candidate
-                    break
-            if entry is None:
-                entry = {'prefix': wanted['prefix'], 'location': wanted['prefix']}
-                registries.append(entry)
-            others = [m for m in entry.get('mirror', []) if m.get('location') != wanted['location']]
-            entry['mirror'] = [{'location': wanted['location']}] + others
-        search = document.get('unqualified-search-registries', [])
-        for name in module.params['unqualified_search_registries']:
-            if name not in search:
-                search.append(name)
-        if search:
-            document['unqualified-search-registries'] = search
-
-    update_file(module, module.params['path'], edit)
+    run_module(ARGUMENT_SPEC, edit)
 
 
 if __name__ == '__main__':

@@ -131,6 +131,22 @@ def dumps(document):
     return '\n'.join(lines) + '\n' if lines else ''
 
 
+def run_module(argument_spec, edit, mode='0644'):
+    """Run a module that edits the TOML file named by its path option.
+
+    argument_spec holds the module's options besides path, which is added
+    first (a required path). The module supports check mode; edit(module,
+    document) changes the parsed document in place, then update_file writes
+    it back and exits.
+    """
+    from ansible.module_utils.basic import AnsibleModule
+
+    spec = dict(path=dict(type='path', required=True))
+    spec.update(argument_spec)
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    update_file(module, module.params['path'], lambda document: edit(module, document), mode)
+
+
 def update_file(module, path, edit, mode='0644'):
     """Apply edit(document) to the TOML file at path and write it back if it changed.
 
