@@ -194,17 +194,27 @@ impl<'de> Deserialize<'de> for DurationValue {
                     .map_err(|_| E::custom(format!("a duration cannot be negative: {v}")))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
-                let v = v.trim();
-                if let Ok(secs) = v.parse::<u64>() {
-                    return Ok(DurationValue(Duration::from_secs(secs)));
-                }
-                humantime::parse_duration(v)
-                    .map(DurationValue)
-                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}")))
+                parse_duration(v).map(DurationValue).map_err(E::custom)
             }
         }
         d.deserialize_any(Visitor)
     }
+}
+
+/// Parse a duration written as text in any config section: a number of
+/// seconds (`"90"`) or a human duration (`90s`, `12h`, `7days`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("invalid duration {t:?}: {e}"))
+}
+
+/// A regular expression that must match the whole text, as every pattern
+/// in the config does (retention, webhook filters, upstream repositories).
+pub(crate) fn whole_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 /// How logs are written.
@@ -266,8 +276,9 @@ pub struct RetentionRuleSettings {
 impl RetentionRuleSettings {
     /// Every repository.
     pub const ALL_REPOSITORIES: &'static str = ".*";
-    /// The intermediate registry's tags: `<zuul.build>_<tag>`.
-    pub const INTERMEDIATE_TAGS: &'static str = "[0-9a-f]{32}_.+";
+    /// The intermediate registry's tags: `<zuul.build>_<tag>`, as storage
+    /// defines them.
+    pub const INTERMEDIATE_TAGS: &'static str = speculum_storage::RetentionRule::INTERMEDIATE_TAGS;
 }
 
 /// Garbage collection settings.
@@ -638,7 +649,7 @@ fn validate_public_url(url: &str) -> Result<String, String> {
 
 /// Check that a retention pattern compiles as a regular expression.
 fn check_pattern(pattern: &str) -> Result<(), String> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
+    whole_match(pattern)
         .map(|_| ())
         .map_err(|e| format!("invalid pattern {pattern:?}: {e}"))
 }

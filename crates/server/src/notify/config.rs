@@ -181,7 +181,7 @@ pub enum Format {
     Dockerhub,
 }
 
-/// Durations as `5s`/`2m`/`1h 30m` (humantime) or a number of seconds.
+/// Durations as a number of seconds or text ([`crate::config::parse_duration`]).
 mod duration_opt {
     use std::time::Duration;
 
@@ -200,9 +200,9 @@ mod duration_opt {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Secs(s)) => Ok(Some(Duration::from_secs(s))),
-            Some(Raw::Text(t)) => humantime::parse_duration(t.trim())
+            Some(Raw::Text(t)) => crate::config::parse_duration(&t)
                 .map(Some)
-                .map_err(|e| serde::de::Error::custom(format!("invalid duration {t:?}: {e}"))),
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -326,7 +326,7 @@ fn config_error(key: String, message: impl Into<String>) -> NotifyError {
 
 /// A regex that must match the whole text.
 fn anchored(key: String, pattern: &str) -> Result<Regex, NotifyError> {
-    Regex::new(&format!("^(?:{pattern})$"))
+    crate::config::whole_match(pattern)
         .map_err(|e| config_error(key, format!("invalid regex: {e}")))
 }
 
@@ -491,6 +491,28 @@ mod tests {
         assert_eq!(e.delay(9), Duration::from_secs(256));
         assert_eq!(e.delay(10), DEFAULT_MAX_BACKOFF);
         assert_eq!(e.delay(u32::MAX), DEFAULT_MAX_BACKOFF);
+    }
+
+    #[test]
+    fn durations_follow_the_config_file_rule() {
+        // The same rule as every other duration in the config file: a number,
+        // a string of digits, or a human duration; anything else is refused.
+        for (value, expected) in [
+            (serde_json::json!(30), Duration::from_secs(30)),
+            (serde_json::json!("30"), Duration::from_secs(30)),
+            (serde_json::json!(" 2m "), Duration::from_secs(120)),
+        ] {
+            let c = parse(serde_json::json!({
+                "endpoints": [{"name": "a", "url": "http://127.0.0.1:1/hook", "timeout": value}]
+            }))
+            .unwrap();
+            let s = c.settings(Path::new("/srv"), Path::new("/etc")).unwrap();
+            assert_eq!(s.endpoints[0].timeout, expected);
+        }
+        let bad = parse(serde_json::json!({
+            "endpoints": [{"name": "a", "url": "http://127.0.0.1:1/hook", "timeout": "soon"}]
+        }));
+        assert!(bad.unwrap_err().to_string().contains("invalid duration"));
     }
 
     #[test]

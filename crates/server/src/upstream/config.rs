@@ -92,13 +92,7 @@ impl TtlValue {
     fn duration(&self) -> Result<Duration, String> {
         match self {
             TtlValue::Seconds(s) => Ok(Duration::from_secs(*s)),
-            TtlValue::Text(text) => {
-                let t = text.trim();
-                if let Ok(secs) = t.parse::<u64>() {
-                    return Ok(Duration::from_secs(secs));
-                }
-                humantime::parse_duration(t).map_err(|e| format!("invalid duration {text:?}: {e}"))
-            }
+            TtlValue::Text(text) => crate::config::parse_duration(text),
         }
     }
 }
@@ -344,7 +338,7 @@ pub fn validate_upstreams(
 
 /// A full-match regex for repository names.
 fn repositories_regex(pattern: &str) -> Result<regex::Regex, String> {
-    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| format!("invalid regex: {e}"))
+    crate::config::whole_match(pattern).map_err(|e| format!("invalid regex: {e}"))
 }
 
 /// `docker.io` for any Docker Hub alias, else a lowercase host name.
