@@ -134,11 +134,20 @@ pub fn generate_certificate(
 /// presents `cert`'s chain.
 pub fn server_config(cert: &GeneratedCert) -> Result<Arc<ServerConfig>, TlsError> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_der.clone()));
+    build_server_config(cert.chain.clone(), key)
+}
+
+/// The one way a server configuration is built: ring provider, safe
+/// protocol versions, HTTP/2 and HTTP/1.1 by ALPN.
+fn build_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(cert.chain.clone(), key)?;
+            .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -164,11 +173,5 @@ pub fn server_config_from_files(
         )));
     }
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, e))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, private)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    build_server_config(chain, private)
 }

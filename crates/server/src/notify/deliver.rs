@@ -46,8 +46,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// The HTTP client for one endpoint: system roots plus its `ca`, its
 /// timeout, no redirects.
 pub(crate) fn client(endpoint: &Endpoint) -> Result<reqwest::Client, NotifyError> {
-    // Err means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    speculum_client::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("speculum-registry/", env!("CARGO_PKG_VERSION")))
         .timeout(endpoint.timeout)
