@@ -124,55 +124,100 @@ def _validate_jobs(jobs):
         configloader.JobParser.schema(job)
 
 
-def test_zuul_jobs_pass_zuul_schema_and_structure():
+def _documents(directory):
     documents = []
-    for path in sorted((REPO / 'zuul.d').glob('*.yaml')):
-        documents += yaml.safe_load(path.read_text())
+    for path in sorted(directory.glob('*.yaml')):
+        documents += encrypted_load(path.read_text())
+    return documents
+
+
+def encrypted_load(text):
+    from zuul.lib.yamlutil import encrypted_load as load
+
+    return load(text)
+
+
+def _as_list(value):
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+# The job names zuul-jobs defines; a tenant that loads both projects fails
+# with "not permitted to shadow" if we define any of them again.
+ZUUL_JOBS_NAMES = {'build-container-image', 'upload-container-image', 'promote-container-image',
+                   'build-docker-image', 'upload-docker-image', 'promote-docker-image',
+                   'mirror-container-images', 'buildset-registry'}
+
+
+def test_zuul_jobs_pass_zuul_schema_and_structure():
+    documents = _documents(REPO / 'zuul.d')
     for item in documents:
-        assert set(item) <= {'job', 'project-template', 'secret', 'nodeset'}, item
+        assert set(item) <= {'job', 'project-template', 'secret', 'nodeset', 'project'}, item
     jobs = _jobs(documents)
     _validate_jobs(jobs)
     expected = {'speculum-buildset-registry', 'speculum-buildset-registry-consumer',
-                'build-container-image', 'upload-container-image', 'promote-container-image',
-                'build-docker-image', 'upload-docker-image', 'promote-docker-image'}
+                'speculum-build-container-image', 'speculum-upload-container-image',
+                'speculum-promote-container-image', 'speculum-build-docker-image',
+                'speculum-upload-docker-image', 'speculum-promote-docker-image'}
     assert expected <= set(jobs)
-    def as_list(value):
-        return [value] if isinstance(value, str) else list(value or [])
+    assert all(name.startswith('speculum-') for name in jobs), sorted(jobs)
+    assert not set(jobs) & ZUUL_JOBS_NAMES
+    projects = [item['project'] for item in documents if 'project' in item]
+    assert projects == [{'default-branch': 'main'}]
 
-    provided = {p for job in jobs.values() for p in as_list(job.get('provides'))}
+    provided = {p for job in jobs.values() for p in _as_list(job.get('provides'))}
     for job in jobs.values():
         assert job.get('description'), f'{job["name"]} has no description'
+        assert 'secrets' not in job, f'{job["name"]}: secrets belong to the site\'s jobs'
         if job.get('parent'):
             assert job['parent'] in jobs, f'{job["name"]}: unknown parent {job["parent"]}'
-        for key in ('pre-run', 'run', 'post-run'):
-            for playbook in ([job[key]] if isinstance(job.get(key), str) else job.get(key, [])):
+        for key in ('pre-run', 'run', 'post-run', 'cleanup-run'):
+            for playbook in _as_list(job.get(key)):
                 assert (REPO / playbook).is_file(), f'{job["name"]}: {playbook} is missing'
-        for need in as_list(job.get('requires')):
+        for need in _as_list(job.get('requires')):
             assert need in provided, f'{job["name"]} requires {need}, which no job provides'
-    assert jobs['speculum-buildset-registry']['requires'] and 'container-image' in jobs[
-        'speculum-buildset-registry']['requires']
-    assert jobs['build-container-image']['provides'] == 'container-image'
+    registry = jobs['speculum-buildset-registry']
+    assert 'container-image' in registry['requires']
+    assert registry['cleanup-run'] == 'playbooks/buildset-registry/cleanup.yaml'
+    assert jobs['speculum-build-container-image']['provides'] == 'container-image'
 
 
-def test_site_template_example():
-    from zuul.lib.yamlutil import encrypted_load
+SITE = REPO / 'doc/examples/site-config'
 
-    ours = {}
-    for path in sorted((REPO / 'zuul.d').glob('*.yaml')):
-        ours.update(_jobs(yaml.safe_load(path.read_text())))
-    documents = encrypted_load((REPO / 'doc/examples/site-jobs.yaml').read_text())
+
+def test_site_config_example():
+    ours = _jobs(_documents(REPO / 'zuul.d'))
+    documents = _documents(SITE / 'zuul.d')
     site = _jobs(documents)
     _validate_jobs(site)
-    assert set(site) == {'yoursite-buildset-registry', 'yoursite-build-docker-image',
-                         'yoursite-upload-docker-image', 'yoursite-promote-docker-image'}
+    assert set(site) == {f'yoursite-{kind}-{flavour}-image' for kind in ('build', 'upload', 'promote')
+                         for flavour in ('container', 'docker')} | {'yoursite-buildset-registry'}
     secrets = [item['secret'] for item in documents if 'secret' in item]
     assert [s['name'] for s in secrets] == ['yoursite-intermediate-registry']
     assert set(secrets[0]['data']) == {'host', 'port', 'username', 'password'}
     for job in site.values():
         assert job['parent'] in ours or job['parent'] in site
+        for key in ('pre-run', 'run', 'post-run', 'cleanup-run'):
+            for playbook in _as_list(job.get(key)):
+                assert (SITE / playbook).is_file(), f'{job["name"]}: {playbook} is missing'
+        # Pre-review: a secret reaches only this trusted project's playbooks.
         for secret in job.get('secrets', []):
-            assert secret['name'] == 'intermediate_registry'
-            assert secret['secret'] == 'yoursite-intermediate-registry'
+            assert secret == {'secret': 'yoursite-intermediate-registry', 'name': 'intermediate_registry'}
+            assert any(job.get(key) for key in ('pre-run', 'run', 'post-run')), job['name']
+    assert site['yoursite-buildset-registry']['roles'] == [{'zuul': 'speculum'}]
+    for flavour in ('container', 'docker'):
+        assert site[f'yoursite-build-{flavour}-image']['provides'] == f'{flavour}-image'
+        # The intermediate-registry push comes before the pause, in the same run playbook.
+        plays = yaml.safe_load((SITE / site[f'yoursite-build-{flavour}-image']['run']).read_text())
+        roles = [role for play in plays for role in play.get('roles', [])]
+        assert roles == [f'build-{flavour}-image', 'push-to-intermediate-registry', 'pause-buildset-registry']
+
+
+def test_site_playbooks_syntax(tmp_path):
+    env = support.Ansible(tmp_path).env()
+    for playbook in sorted((SITE / 'playbooks').rglob('*.yaml')):
+        proc = subprocess.run([str(support.VENV_BIN / 'ansible-playbook'), '--syntax-check', '-i', 'localhost,',
+                               str(playbook)], cwd=REPO, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f'{playbook}: {proc.stdout}{proc.stderr}'
 
 
 # --- the TOML writer of use-buildset-registry -------------------------------
