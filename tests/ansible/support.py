@@ -180,6 +180,15 @@ def stop_pidfile(pidfile: Path, timeout: float = 10.0) -> None:
     stop_pid(pid, timeout)
 
 
+def pid_alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting for its reaper is not running)."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError:
+        return False
+    return stat.rsplit(')', 1)[1].split()[0] != 'Z'
+
+
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
     try:
         os.kill(pid, signal.SIGTERM)

@@ -1,4 +1,5 @@
-"""The job playbooks end to end on localhost: buildset registry pre/run/post around a build."""
+"""The job playbooks end to end on localhost: the buildset registry job and a site build job around it,
+with the site config example's thin trusted playbooks for the intermediate registry."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import conftest
 import support
 
 BUILD = 'c' * 32
+SITE = support.REPO / 'doc/examples/site-config'
 
 
 def _run_playbook(ansible, path, extra_vars):
     """Run one of playbooks/ as Zuul would: the job's variables as extra vars,
     one node named "node" (reached locally) and the executor as implicit localhost."""
-    plays = yaml.safe_load((support.REPO / path).read_text())
+    plays = yaml.safe_load((support.REPO / path).read_text())  # path may be absolute
     inventory = ansible.workdir / 'inventory.ini'
     inventory.write_text('node ansible_connection=local\n')
     return ansible.play(plays, extra_vars=extra_vars, inventory=str(inventory))
@@ -75,40 +77,57 @@ def test_buildset_registry_job_with_a_build(tmp_path, busybox_layout, containers
         registry = results['secret_data']['buildset_registry']
         ansible.secrets.append(registry['password'])
         assert (tmp_path / 'bin/speculum').exists()
-        # The image of the change ahead is in the buildset registry under its final name.
+        # The site's trusted pre-run: the image of the change ahead goes into
+        # the buildset registry under its final name.
+        _run_playbook(ansible, SITE / 'playbooks/speculum/pull-from-intermediate-registry.yaml', job_vars)
         certs = support.cert_dir_for(tmp_path, registry)
         support.skopeo('inspect', '--cert-dir', str(certs), f'docker://localhost:{registry["port"]}/quay.io/ahead/base:latest')
 
-        # The build job's run playbook, a later playbook of the same job:
-        # buildset_registry comes back from the results file.
+        # The site build job's run playbook, a later playbook of the same job
+        # (buildset_registry comes back from the results file): it builds,
+        # pushes to the intermediate registry and returns the artifact, all
+        # before it pauses, so changes behind get the image while it waits.
         addr = f'localhost:{registry["port"]}'
         client = ['--cert-dir', str(root / 'etc/containers/certs.d' / addr), '--authfile', str(auth)]
-        _run_playbook(ansible, 'playbooks/container-image/run.yaml', {
+        _run_playbook(ansible, SITE / 'playbooks/speculum/build-container-image.yaml', {
             **job_vars, 'build_container_image_build_options': client, 'build_container_image_push_options': client})
-        assert ansible.results()['data']['zuul']['pause'] is True
+        data = ansible.results()['data']['zuul']
+        assert data['pause'] is True
         support.skopeo('inspect', '--cert-dir', str(certs), f'docker://{addr}/quay.io/myorg/app:latest')
-
-        _run_playbook(ansible, 'playbooks/buildset-registry/post.yaml', {**job_vars, 'zuul_success': True})
-        returned = ansible.results()['data']['zuul']['artifacts']
+        returned = data['artifacts']
         assert [a['name'] for a in returned] == ['quay.io/myorg/app:latest']
         assert returned[0]['url'] == f'docker://localhost:{intermediate["port"]}/quay.io/myorg/app:{BUILD}_latest'
         out = support.skopeo('inspect', '--cert-dir', str(support.cert_dir_for(tmp_path, intermediate)),
                              '--creds', f'zuul:{intermediate["password"]}',
                              f'docker://localhost:{intermediate["port"]}/quay.io/myorg/app:{BUILD}_latest')
         assert len(json.loads(out.stdout)['Layers']) == 2
+
+        # Cleanup-run of a child job (another build) leaves the registry alone;
+        # the registry job's own cleanup-run stops it and drops its storage.
+        pid = (br_root / 'registry.pid').read_text().strip()
+        _run_playbook(ansible, 'playbooks/buildset-registry/cleanup.yaml',
+                      {**job_vars, 'zuul': ansible.zuul_vars(build='e' * 32)})
+        assert support.pid_alive(int(pid))
+        _run_playbook(ansible, 'playbooks/buildset-registry/cleanup.yaml', job_vars)
+        assert not support.pid_alive(int(pid))
+        assert not (br_root / 'storage').exists() and not (br_root / 'info.json').exists()
     finally:
         support.stop_pidfile(br_root / 'registry.pid')
         support.stop_pidfile(ir_root / 'registry.pid')
 
 
 def test_pause_only_in_the_job_that_runs_the_registry(ansible):
-    ansible.role('pause-buildset-registry', extra_vars={'zuul': ansible.zuul_vars()})
+    registry = {'host': 'h', 'port': 1, 'username': 'zuul', 'password': 'x' * 20, 'cert': ''}
+    ansible.secrets.append(registry['password'])
+    # The job that started the registry returned it as secret_data; even with
+    # buildset_registry loaded as a fact by now, it pauses.
+    ansible.results_file.write_text(json.dumps({'data': {}, 'secret_data': {'buildset_registry': registry}}))
+    ansible.role('pause-buildset-registry', extra_vars={'zuul': ansible.zuul_vars(), 'buildset_registry': registry})
     assert ansible.results()['data'] == {'zuul': {'pause': True}}
 
+    # A child that Zuul handed the registry returned none of its own.
     child = support.Ansible(ansible.workdir / 'child')
-    child.role('pause-buildset-registry', extra_vars={
-        'zuul': child.zuul_vars(),
-        'buildset_registry': {'host': 'h', 'port': 1, 'username': 'zuul', 'password': 'x' * 20, 'cert': ''}})
+    child.role('pause-buildset-registry', extra_vars={'zuul': child.zuul_vars(), 'buildset_registry': registry})
     assert child.results() == {}
 
 
@@ -129,6 +148,30 @@ def test_ensure_speculum_from_a_path(ansible, tmp_path):
         'ensure_speculum_version': 'no-such-version',
     }, extra_vars={'zuul': ansible.zuul_vars()}, expect_failure=True)
     assert 'not version no-such-version' in proc.stdout
+
+
+def test_ensure_speculum_by_default_copies_the_executors_binaries(ansible, tmp_path):
+    """No source set: the binaries on the executor's PATH (here target/debug,
+    as a site installs them in /usr/local/bin) go to the node; no cargo."""
+    support.binary('speculum')
+    proc = ansible.role('ensure-speculum', {
+        'ensure_speculum_bin_dir': str(tmp_path / 'bin'),
+        'ensure_speculum_become': False,
+    }, extra_vars={'zuul': ansible.zuul_vars(project={'src_dir': str(tmp_path / 'project-under-test')})})
+    for name in ('speculum', 'speculum-registry'):
+        installed = tmp_path / 'bin' / name
+        assert installed.read_bytes() == (support.BIN_DIR / name).read_bytes()
+    assert 'install-path.yaml' in proc.stdout and 'install-cargo.yaml' not in proc.stdout
+
+
+def test_ensure_speculum_says_what_to_set_when_nothing_is_found(ansible, tmp_path):
+    proc = ansible.role('ensure-speculum', {
+        'ensure_speculum_bin_dir': str(tmp_path / 'bin'),
+        'ensure_speculum_become': False,
+        'ensure_speculum_binaries': ['speculum-not-installed'],
+    }, extra_vars={'zuul': ansible.zuul_vars()}, expect_failure=True)
+    assert "not on the executor's PATH" in proc.stdout
+    assert 'ensure_speculum_cargo_source' in proc.stdout
 
 
 def test_wrong_variable_type_fails_at_once(ansible):
