@@ -65,3 +65,42 @@ def test_buildah_builds_from_a_speculative_quay_image(ansible, tmp_path, buildse
         assert labels['org.example.test'] == 'yes'
         # Two layers: the speculative base and the COPY.
         assert len(json.loads(inspected.stdout)['Layers']) == 2
+
+
+def test_containerfile_only_project_with_siblings_and_relative_src_dir(
+        ansible, tmp_path, buildset_registry, containers_storage):
+    """As Zuul runs it: zuul_work_dir is the relative src_dir, the project has
+    only a Containerfile (no -f is passed), and a sibling project is copied in."""
+    conftest.require_tools('buildah', 'skopeo')
+    registry = buildset_registry['registry']
+    _, client, env = use_registry(ansible, tmp_path, buildset_registry)
+    # Modules of a local connection start in the playbook's directory, as a
+    # node's start in the user's home, where Zuul's relative src_dir resolves.
+    home = ansible.workdir
+    project = home / 'src/example.org/org/app'
+    project.mkdir(parents=True)
+    (project / 'Containerfile').write_text(
+        f'FROM {conftest.QUAY_IMAGE}:latest\nCOPY .zuul-siblings/example.org/org/lib/lib.txt /lib.txt\n')
+    sibling = home / 'src/example.org/org/lib'
+    sibling.mkdir(parents=True)
+    (sibling / 'lib.txt').write_text('sibling\n')
+    images = [{'context': '.', 'repository': 'quay.io/speculative/sibling', 'tags': ['latest'],
+               'siblings': ['example.org/org/lib']}]
+    role_vars = {
+        'container_command': 'buildah',
+        'container_images': images,
+        'zuul_work_dir': 'src/example.org/org/app',
+        'build_container_image_siblings_root': str(home / 'src'),
+        'buildset_registry': registry,
+        'build_container_image_isolation': 'chroot',
+        'build_container_image_command_options': containers_storage,
+        'build_container_image_build_options': client,
+        'build_container_image_push_options': client,
+        'build_container_image_environment': env,
+    }
+    proc = ansible.role('build-container-image', role_vars, extra_vars={'zuul': ansible.zuul_vars()})
+    assert ' -f ' not in proc.stdout and "'-f'" not in proc.stdout
+    assert not (project / '.zuul-siblings').exists()
+    inspected = support.skopeo('inspect', '--cert-dir', str(buildset_registry['certs']),
+                               f'docker://localhost:{registry["port"]}/quay.io/speculative/sibling:latest')
+    assert len(json.loads(inspected.stdout)['Layers']) == 2
