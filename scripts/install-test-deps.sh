@@ -21,6 +21,7 @@ PACKAGES=(
     openssl                        # certificate checks
     curl                           # bench readiness probes
     python3-venv                   # the .venv below
+    plantuml                       # make docs: the sequence diagram
 )
 
 missing=()
