@@ -8,11 +8,14 @@
 //!
 //! - pull: every artifact with `metadata.type == "container_image"` is copied
 //!   (all platforms) from its `url` into the BR as
-//!   `<repository without a leading docker.io/>:<metadata.tag>`.
+//!   `<repository without a leading docker.io/>:<metadata.tag>`. When several
+//!   artifacts name the same destination, the last one in Zuul's order wins
+//!   (see [`pull_intermediate`]).
 //! - push: every `<BR>/<repository>:<tag>` is copied to
 //!   `<IR>/<repository>:<build>_<tag>`, and the artifacts are returned in the
 //!   shape `zuul_return` expects.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -176,13 +179,28 @@ pub struct StepFailure {
     pub error: String,
 }
 
+/// An artifact the pull step did not copy because a later artifact names the
+/// same destination.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Superseded {
+    /// The destination in the BR, `<repository>:<tag>`.
+    pub destination: String,
+    /// The skipped artifact's `url`.
+    pub url: String,
+    /// The `url` of the artifact that was copied instead.
+    pub by: String,
+}
+
 /// What a step did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepReport {
-    /// The copies that succeeded.
+    /// The copies that succeeded, in the order they were planned.
     pub copies: Vec<CopyReport>,
     /// The copies that failed.
     pub failures: Vec<StepFailure>,
+    /// Pull only: artifacts skipped because a later one names the same destination.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<Superseded>,
 }
 
 impl StepReport {
@@ -214,12 +232,15 @@ async fn run_copies(jobs: Vec<(Endpoint, Endpoint)>) -> StepReport {
                 (name, r)
             }
         })
-        .buffer_unordered(PARALLEL_COPIES)
+        // `buffered`, not `buffer_unordered`: the copies still run
+        // concurrently, but the report lists them in the planned order.
+        .buffered(PARALLEL_COPIES)
         .collect()
         .await;
     let mut report = StepReport {
         copies: vec![],
         failures: vec![],
+        superseded: vec![],
     };
     for (image, r) in results {
         match r {
@@ -233,12 +254,47 @@ async fn run_copies(jobs: Vec<(Endpoint, Endpoint)>) -> StepReport {
     report
 }
 
-/// Copy the artifacts of the changes ahead from the IR into the BR.
-pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
-    let br = Arc::new(vars.buildset_registry.client()?);
-    let mut irs: Vec<Arc<Registry>> = Vec::new();
-    let mut jobs = Vec::new();
-    for a in &vars.artifacts {
+/// One copy of the pull step: a `container_image` artifact and where it
+/// lands in the BR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PullCopy {
+    /// The artifact's `url`, as written.
+    url: String,
+    /// The image in the IR.
+    source: RegistryRef,
+    /// The repository in the BR (without a leading `docker.io/`).
+    repository: RepositoryName,
+    /// The tag in the BR.
+    tag: Tag,
+}
+
+impl PullCopy {
+    fn destination(&self) -> String {
+        format!("{}:{}", self.repository, self.tag)
+    }
+}
+
+/// What the pull step copies, and what it skips.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PullPlan {
+    /// One copy per destination, in Zuul's order of the artifacts copied.
+    copies: Vec<PullCopy>,
+    /// The artifacts that a later one overrides.
+    superseded: Vec<Superseded>,
+}
+
+/// Plan the pull step from `zuul.artifacts`.
+///
+/// Zuul lists the artifacts of the changes ahead farthest first and nearest
+/// last, then those of this buildset's parent jobs; applied in that order,
+/// the nearest change's image is the one a destination tag ends up with.
+/// Copying them concurrently would let an older image win a race for the
+/// same tag, so only the last artifact per destination `repository:tag` is
+/// kept: every copy left has its own destination, and they can run in any
+/// order. The earlier ones would only have been overwritten.
+fn plan_pull(artifacts: &[serde_json::Value]) -> Result<PullPlan> {
+    let mut parsed = Vec::new();
+    for a in artifacts {
         let meta = a.get("metadata");
         if meta.and_then(|m| m.get("type")).and_then(|t| t.as_str()) != Some("container_image") {
             continue;
@@ -257,13 +313,59 @@ pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
         let url = field(Some(a), "url")?;
         let repository = field(meta, "repository")?;
         let tag = field(meta, "tag")?;
-        let src: RegistryRef = url.parse()?;
+        parsed.push(PullCopy {
+            source: url.parse()?,
+            url,
+            repository: repo_name(strip_docker_io(&repository))?,
+            tag: tag_name(&tag)?,
+        });
+    }
+    // The index of the last artifact for each destination (a later insert
+    // replaces an earlier one).
+    let key = |c: &PullCopy| (c.repository.clone(), c.tag.clone());
+    let last: HashMap<(RepositoryName, Tag), usize> = parsed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (key(c), i))
+        .collect();
+    let mut plan = PullPlan::default();
+    for (i, c) in parsed.iter().enumerate() {
+        match last
+            .get(&key(c))
+            .and_then(|&w| parsed.get(w).filter(|_| w != i))
+        {
+            Some(winner) => plan.superseded.push(Superseded {
+                destination: c.destination(),
+                url: c.url.clone(),
+                by: winner.url.clone(),
+            }),
+            None => plan.copies.push(c.clone()),
+        }
+    }
+    Ok(plan)
+}
+
+/// Copy the artifacts of the changes ahead from the IR into the BR.
+///
+/// Blobs and distinct destinations move in parallel; each destination tag
+/// gets the image of the last artifact in Zuul's order that names it, and
+/// the earlier ones are reported as superseded, not copied.
+pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
+    let plan = plan_pull(&vars.artifacts)?;
+    let br = Arc::new(vars.buildset_registry.client()?);
+    let mut irs: Vec<Arc<Registry>> = Vec::new();
+    let mut jobs = Vec::new();
+    for s in &plan.superseded {
+        tracing::info!(destination = %s.destination, url = %s.url, by = %s.by, "artifact superseded by a later one");
+    }
+    for c in plan.copies {
+        tracing::info!(destination = %c.destination(), url = %c.url, "pulling artifact");
         // The IR's credentials and certificate apply to the artifact's registry.
-        let reg = match irs.iter().find(|r| r.name() == src.registry) {
+        let reg = match irs.iter().find(|r| r.name() == c.source.registry) {
             Some(r) => r.clone(),
             None => {
                 let mut info = vars.intermediate_registry.clone();
-                let (h, p) = split_host_port(&src.registry)?;
+                let (h, p) = split_host_port(&c.source.registry)?;
                 info.host = h;
                 info.port = p;
                 let r = Arc::new(info.client()?);
@@ -271,17 +373,15 @@ pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
                 r
             }
         };
-        let dst = RegistryRef::new(
-            br.name(),
-            repo_name(strip_docker_io(&repository))?,
-            Some(tag_name(&tag)?),
-        );
+        let dst = RegistryRef::new(br.name(), c.repository, Some(c.tag));
         jobs.push((
-            Endpoint::registry(reg, src),
+            Endpoint::registry(reg, c.source),
             Endpoint::registry(br.clone(), dst),
         ));
     }
-    Ok(run_copies(jobs).await)
+    let mut report = run_copies(jobs).await;
+    report.superseded = plan.superseded;
+    Ok(report)
 }
 
 fn split_host_port(registry: &str) -> Result<(String, u16)> {
@@ -350,6 +450,89 @@ pub async fn push_intermediate(vars: &PushVars) -> Result<(StepReport, serde_jso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn artifact(name: &str, url: &str, repository: &str, tag: &str) -> serde_json::Value {
+        serde_json::json!({"name": name, "url": url,
+            "metadata": {"type": "container_image", "repository": repository, "tag": tag}})
+    }
+
+    #[test]
+    fn plan_pull_keeps_the_last_artifact_per_destination_in_order() {
+        let farthest = "docker://ir:5000/docker.io/org/app:aaa_latest";
+        let tool = "docker://ir:5000/quay.io/org/tool:aaa_v1";
+        let nearest = "docker://ir:5000/org/app:bbb_latest";
+        let parent = "docker://ir:5000/org/app:ccc_1.0";
+        let artifacts = vec![
+            artifact(
+                "docker.io/org/app:latest",
+                farthest,
+                "docker.io/org/app",
+                "latest",
+            ),
+            serde_json::json!({"name": "logs", "url": "https://logs.example/x", "metadata": {"type": "zuul_manifest"}}),
+            artifact("quay.io/org/tool:v1", tool, "quay.io/org/tool", "v1"),
+            serde_json::json!({"name": "no metadata", "url": "https://example/x"}),
+            // docker.io/org/app and org/app are the same repository in the BR.
+            artifact("org/app:latest", nearest, "org/app", "latest"),
+            artifact("org/app:1.0", parent, "org/app", "1.0"),
+        ];
+        let plan = plan_pull(&artifacts).unwrap();
+        let copies: Vec<(&str, String)> = plan
+            .copies
+            .iter()
+            .map(|c| (c.url.as_str(), c.destination()))
+            .collect();
+        assert_eq!(
+            copies,
+            [
+                (tool, "quay.io/org/tool:v1".to_string()),
+                (nearest, "org/app:latest".to_string()),
+                (parent, "org/app:1.0".to_string()),
+            ]
+        );
+        assert_eq!(plan.copies[1].source.registry, "ir:5000");
+        assert_eq!(
+            plan.superseded,
+            [Superseded {
+                destination: "org/app:latest".into(),
+                url: farthest.into(),
+                by: nearest.into(),
+            }]
+        );
+
+        // Three artifacts for one tag: only the last is copied.
+        let three: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|b| {
+                artifact(
+                    "x",
+                    &format!("docker://ir:5000/org/app:{b}_latest"),
+                    "org/app",
+                    "latest",
+                )
+            })
+            .collect();
+        let plan = plan_pull(&three).unwrap();
+        assert_eq!(plan.copies.len(), 1);
+        assert_eq!(plan.copies[0].url, "docker://ir:5000/org/app:c_latest");
+        let skipped: Vec<_> = plan.superseded.iter().map(|s| s.url.as_str()).collect();
+        assert_eq!(
+            skipped,
+            [
+                "docker://ir:5000/org/app:a_latest",
+                "docker://ir:5000/org/app:b_latest"
+            ]
+        );
+        assert!(plan.superseded.iter().all(|s| s.by.ends_with("c_latest")));
+
+        // No container images: nothing to do.
+        assert_eq!(plan_pull(&[]).unwrap(), PullPlan::default());
+        // A container image artifact without a tag is an error that names it.
+        let bad = [serde_json::json!({"name": "broken", "url": nearest,
+            "metadata": {"type": "container_image", "repository": "org/app"}})];
+        let e = plan_pull(&bad).unwrap_err().to_string();
+        assert!(e.contains("broken") && e.contains("tag"), "{e}");
+    }
 
     #[test]
     fn vars_and_addresses() {

@@ -163,3 +163,78 @@ fn push_then_pull_intermediate() {
     .assert_failure();
     assert!(out.stderr.contains("vars"), "{}", out.stderr);
 }
+
+/// Two changes ahead both provide `org/app:latest`: Zuul lists the farthest
+/// first and the nearest last, and the nearest one's image must be the one in
+/// the buildset registry, every time. Copying the artifacts concurrently let
+/// the older image win the race for the tag in 4 of 10 trials; here the older
+/// image is also the larger one, so that it would finish last.
+#[test]
+fn pull_intermediate_nearest_change_wins() {
+    const TRIALS: usize = 10;
+    let ir = Reg::start(Kind::Speculum);
+    let ir_info = br_json(&ir);
+    let ir_port = ir_info["port"].as_u64().unwrap();
+    let dir = tmp();
+    let farthest = ImageSpec::new(&[400_000, 300_000])
+        .seed(81)
+        .write_layout(dir.path(), "farthest");
+    let nearest = ImageSpec::new(&[2_000])
+        .seed(82)
+        .write_layout(dir.path(), "nearest");
+    assert_ne!(farthest.manifest, nearest.manifest);
+    let farthest_build = "1111111111111111111111111111111a";
+    let nearest_build = "2222222222222222222222222222222b";
+    for (image, build) in [(&farthest, farthest_build), (&nearest, nearest_build)] {
+        run_args(&args(&[
+            &s("copy"),
+            &s(&image.oci_ref_tagged()),
+            &s(&ir.r(&format!("docker.io/org/app:{build}_latest"))),
+            &ir.flags("dest"),
+        ]))
+        .assert_success();
+    }
+    let artifact = |build: &str| {
+        serde_json::json!({
+            "name": "docker.io/org/app:latest",
+            "url": format!("docker://127.0.0.1:{ir_port}/docker.io/org/app:{build}_latest"),
+            "metadata": {"type": "container_image", "repository": "docker.io/org/app", "tag": "latest"},
+        })
+    };
+    for trial in 0..TRIALS {
+        let br = Reg::start(Kind::Speculum);
+        let vars = dir.path().join(format!("pull-{trial}.json"));
+        std::fs::write(
+            &vars,
+            serde_json::to_vec(&serde_json::json!({
+                "buildset_registry": br_json(&br),
+                "intermediate_registry": ir_info,
+                "artifacts": [artifact(farthest_build), artifact(nearest_build)],
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        let report = speculum_json(&[
+            "zuul",
+            "pull-intermediate",
+            "--vars",
+            vars.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(
+            digest_of(&br, "org/app:latest"),
+            nearest.manifest.to_string(),
+            "trial {trial}: the farthest change's image won"
+        );
+        assert_eq!(report["copies"].as_array().unwrap().len(), 1, "{report}");
+        assert_eq!(
+            report["superseded"],
+            serde_json::json!([{
+                "destination": "org/app:latest",
+                "url": artifact(farthest_build)["url"],
+                "by": artifact(nearest_build)["url"],
+            }]),
+            "{report}"
+        );
+    }
+}
