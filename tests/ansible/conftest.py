@@ -109,19 +109,9 @@ def reference_registry(tmp_path):
         'http': {'addr': f'127.0.0.1:{port}'},
         'auth': {'htpasswd': {'realm': 'speculum-tests', 'path': str(htpasswd)}},
     })
-    log = open(tmp_path / 'registry.log', 'w')
-    proc = subprocess.Popen(['docker-registry', 'serve', str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        support.wait_for_port(port)
+    with support.served(['docker-registry', 'serve', str(config)], tmp_path / 'registry.log', port):
         yield {'host': '127.0.0.1', 'port': port, 'addr': f'127.0.0.1:{port}',
                'username': 'zuul', 'password': password}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture

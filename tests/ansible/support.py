@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -178,6 +179,24 @@ def stop_pidfile(pidfile: Path, timeout: float = 10.0) -> None:
     except (OSError, ValueError):
         return
     stop_pid(pid, timeout)
+
+
+@contextlib.contextmanager
+def served(argv, log_path: Path, port: int, timeout: float = 30.0):
+    """Run a server in the background until the block ends; it must listen on
+    127.0.0.1:port first. Its output goes to log_path."""
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_port(port, timeout)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def pid_alive(pid: int) -> bool:

@@ -12,7 +12,6 @@ served by `python3 -m http.server` on 127.0.0.1; the end-to-end suite
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,20 +96,9 @@ def zuul_api(tmp_path):
     root.mkdir()
     port = support.free_port()
     log_path = tmp_path / 'http.log'
-    log = open(log_path, 'w')
-    proc = subprocess.Popen([support.PYTHON, '-m', 'http.server', '--bind', '127.0.0.1', '--directory', str(root),
-                             str(port)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        support.wait_for_port(port)
+    argv = [support.PYTHON, '-m', 'http.server', '--bind', '127.0.0.1', '--directory', str(root), str(port)]
+    with support.served(argv, log_path, port):
         yield {'root': root, 'url': f'http://127.0.0.1:{port}', 'log': log_path}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture
@@ -136,22 +124,11 @@ def intermediate(tmp_path):
         'storage': {'driver': 'filesystem', 'root': str(base / 'data')},
         'log-format': 'text',
     }})
-    log = open(base / 'registry.log', 'w')
-    proc = subprocess.Popen([str(support.binary('speculum-registry')), 'serve', '--config', str(config)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        support.wait_for_port(port)
+    argv = [str(support.binary('speculum-registry')), 'serve', '--config', str(config)]
+    with support.served(argv, base / 'registry.log', port):
         cert = (base / 'cert.pem').read_text()
         yield {'host': 'localhost', 'port': port, 'username': 'zuul', 'password': password, 'cert': cert,
                'certs': support.cert_dir_for(tmp_path, {'port': port, 'cert': cert})}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def seed_ir(ir, layout: Path, name: str) -> tuple[str, str]:
