@@ -106,3 +106,20 @@ def test_release_upload_pushes_final_tags(ansible, tmp_path, reference_registry,
         'upload_container_image_push_options': ['--tls-verify=false'],
     }, extra_vars={'zuul': zuul})
     assert tags(hub, 'org/release') == ['3', '3.19']
+
+
+def test_intermediate_registry_method_uploads_nothing(ansible):
+    # As in zuul-jobs: promote copies from the intermediate registry, so the
+    # gate pushes nothing to the final registry. The registry is a closed
+    # port and the image was never built: any login or push would fail.
+    addr = f'127.0.0.1:{support.closed_port()}'
+    images = [{'context': 'app', 'repository': f'{addr}/org/app', 'tags': ['latest']}]
+    proc = ansible.role('upload-container-image', {
+        'container_command': 'podman', 'container_images': images,
+        'container_registry_credentials': {addr: {'username': 'zuul', 'password': 'unused'}},
+        'promote_container_image_method': 'intermediate-registry',
+    }, extra_vars={'zuul': ansible.zuul_vars()})
+    output = proc.stdout + proc.stderr
+    assert 'Nothing is uploaded: promote_container_image_method is intermediate-registry' in output
+    assert 'changed=0' in output
+    assert 'failed=0' in output
