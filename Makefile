@@ -5,10 +5,10 @@ CARGO ?= cargo
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 # Ansible paths linted when they exist.
-ANSIBLE_PATHS := $(wildcard roles playbooks)
-YAML_PATHS := $(wildcard roles playbooks zuul.d tests/ansible)
+ANSIBLE_PATHS := $(wildcard roles playbooks doc/examples/site-config/playbooks)
+YAML_PATHS := $(wildcard roles playbooks zuul.d tests/ansible doc/examples/site-config)
 
-.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible fmt bench deps
+.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible fmt bench deps docs
 
 all: build
 
@@ -16,11 +16,13 @@ all: build
 build:
 	$(CARGO) build --bins
 
-## test: every Rust test, then the Ansible tests; both run, and it fails if either failed
-test:
+## test: installs what the tests need (idempotent, seconds when all is there), then every
+## Rust test, the Ansible tests and the documentation build; all run, and it fails if any failed
+test: deps
 	@rc=0; \
 	$(MAKE) test-rust || rc=1; \
 	$(MAKE) test-ansible || rc=1; \
+	$(MAKE) docs || rc=1; \
 	exit $$rc
 
 ## test-rust: unit, in-process and real-client tests of the whole workspace (every test
@@ -56,6 +58,13 @@ lint-ansible:
 fmt:
 	$(CARGO) fmt --all
 
+## docs: the role and job reference and the site guide with Sphinx and zuul-sphinx, the
+## image-flow sequence diagram rendered with PlantUML (Debian); warnings are errors
+docs:
+	mkdir -p doc/source/_generated
+	plantuml -tpng -o "$(CURDIR)/doc/source/_generated" doc/source/image-flow.puml
+	$(VENV)/bin/sphinx-build -W -q -b html doc/source doc/build/html
+
 ## bench: push/pull timings against peer registries (release build; writes bench/out)
 bench:
 	bench/registry.sh
@@ -63,3 +72,12 @@ bench:
 ## deps: install the Debian packages and the venv the tests need
 deps:
 	scripts/install-test-deps.sh
+
+## e2e: our Zuul jobs under a real Zuul (scheduler, executor, web, launcher, ZooKeeper,
+## PostgreSQL, a static node) in a network namespace of its own; needs root. Installs
+## what it needs first (scripts/install-e2e-deps.sh: a few minutes once, seconds after).
+E2E_TIMEOUT ?= 5400
+.PHONY: e2e
+e2e: build
+	scripts/install-e2e-deps.sh
+	timeout --signal=INT --kill-after=180 $(E2E_TIMEOUT) $(PYTHON) -m pytest tests/zuul -v -p no:cacheprovider $(E2E_ARGS)
