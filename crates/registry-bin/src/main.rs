@@ -46,8 +46,16 @@ enum Command {
     /// (zuul-registry's keys are accepted unchanged).
     Serve(ServeArgs),
     /// Apply the config's retention and collect garbage once, then report
-    /// what was removed and the space freed. Run it where `serve` is not
-    /// running on the same storage, or rely on the grace period (`gc.grace`).
+    /// what was removed and the space freed.
+    ///
+    /// Safe beside a running `serve` on the same storage root: only one
+    /// collection runs at a time (a lock on `<root>/gc.lock`; prune fails
+    /// with exit code 1, removing nothing, while the server's scheduled
+    /// collection or another prune runs), and nothing younger than the grace
+    /// period (`gc.grace`) by its own time goes: a manifest pushed, a blob
+    /// uploaded or linked, or a link renewed by a HEAD within it. A push must
+    /// upload its blobs and its manifest within the grace period; keep it at
+    /// least ten minutes.
     Prune(PruneArgs),
 }
 
@@ -193,9 +201,15 @@ async fn prune(args: PruneArgs, settings: Settings) -> anyhow::Result<()> {
     let registry = speculum_storage::Registry::filesystem(&settings.storage_root)
         .await
         .with_context(|| format!("cannot open {}", settings.storage_root.display()))?;
-    let report = run_prune(&registry, &options, None)
-        .await
-        .context("prune failed")?;
+    let report = match run_prune(&registry, &options, None).await {
+        Ok(report) => report,
+        Err(speculum_storage::Error::CollectionRunning) => anyhow::bail!(
+            "another garbage collection is running on {} (a `prune`, or the scheduled \
+             collection of `serve`); nothing was removed, try again later",
+            settings.storage_root.display()
+        ),
+        Err(e) => return Err(anyhow::Error::new(e).context("prune failed")),
+    };
     let text = if args.json {
         serde_json::to_string_pretty(&report).context("cannot encode the report")?
     } else {

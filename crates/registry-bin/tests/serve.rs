@@ -675,3 +675,408 @@ fn docker_logs_in_pushes_and_pulls_anonymously() {
     assert!(out.success(), "{}", out.describe());
     serve.stop();
 }
+
+// ---- prune beside a running serve ----------------------------------------
+
+/// `Authorization` for the user `zuul` with password `pw`.
+const ZUUL_PW: &str = "Basic enV1bDpwdw=="; // base64("zuul:pw")
+
+/// One plain HTTP/1.0 request with Basic auth: the status, the headers
+/// (lowercase names) and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {ZUUL_PW}\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+/// An image pushed and acknowledged: where, and what it is made of.
+struct Pushed {
+    repo: String,
+    tag: String,
+    manifest: Vec<u8>,
+    blobs: Vec<(speculum_oci::Digest, Vec<u8>)>,
+}
+
+/// Push a small image made from `seed` (a config and a layer, monolithic
+/// uploads, then the manifest by tag); `Some` if the manifest PUT was
+/// answered 201, `None` if a step was refused.
+fn push_small_image(port: u16, repo: &str, tag: &str, seed: &str) -> Option<Pushed> {
+    use speculum_oci::Digest;
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":\"{seed}\"}}");
+    let layer = format!("layer bytes of {seed} ").repeat(40).into_bytes();
+    let mut blobs = Vec::new();
+    for data in [config.as_bytes().to_vec(), layer] {
+        let digest = Digest::sha256(&data);
+        let (status, _, _) = http(
+            port,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/?digest={digest}"),
+            &[("Content-Type", "application/octet-stream")],
+            &data,
+        );
+        if status != 201 {
+            return None;
+        }
+        blobs.push((digest, data));
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": blobs[0].0, "size": blobs[0].1.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": blobs[1].0, "size": blobs[1].1.len(),
+        }],
+    }))
+    .unwrap();
+    let (status, _, _) = http(
+        port,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        &manifest,
+    );
+    (status == 201).then(|| Pushed {
+        repo: repo.to_string(),
+        tag: tag.to_string(),
+        manifest,
+        blobs,
+    })
+}
+
+/// What is wrong with a pushed image as the registry serves it now, if
+/// anything: the manifest by tag and by digest, every blob, digests checked.
+fn check_pulled(port: u16, image: &Pushed) -> Option<String> {
+    use speculum_oci::Digest;
+    let name = format!("{}:{}", image.repo, image.tag);
+    let accept = [("Accept", "application/vnd.oci.image.manifest.v1+json")];
+    let digest = Digest::sha256(&image.manifest);
+    for reference in [image.tag.clone(), digest.to_string()] {
+        let (status, _, body) = http(
+            port,
+            "GET",
+            &format!("/v2/{}/manifests/{reference}", image.repo),
+            &accept,
+            &[],
+        );
+        if status != 200 || body != image.manifest {
+            return Some(format!(
+                "{name}: manifest {reference}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+    }
+    for (blob, data) in &image.blobs {
+        let (status, _, body) = http(
+            port,
+            "GET",
+            &format!("/v2/{}/blobs/{blob}", image.repo),
+            &[],
+            &[],
+        );
+        if status != 200 || Digest::sha256(&body) != *blob || body.len() != data.len() {
+            return Some(format!(
+                "{name}: blob {blob}: {status}, {} bytes",
+                body.len()
+            ));
+        }
+    }
+    None
+}
+
+/// A config for `serve` and `prune` on loopback: one writer, filesystem
+/// storage under `dir/data`, the GC keys given.
+fn prune_config(dir: &Path, port: u16, gc: &str) -> PathBuf {
+    let config = dir.join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+             users: [{{name: zuul, pass: pw, access: write}}]\n  \
+             storage: {{driver: filesystem, root: data}}\n  gc: {gc}\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Regression: `prune --config` run again and again from another process
+/// while `serve` takes pushes on the same storage root used to delete the
+/// manifests and blobs of pushes answered 201 moments earlier (its mark
+/// listed a repository, the push landed, its sweep deleted what the mark had
+/// not seen). Every acknowledged push must stay whole.
+#[test]
+fn prune_beside_serve_loses_no_acknowledged_push() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const PUSHES: usize = 150;
+    const PRUNES: usize = 40;
+    const REPOS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = prune_config(dir.path(), port, "{grace: 2s}");
+    let serve = Serve::start(&config, port, &[]);
+    // Content for the marks to walk, in many repositories, so that a mark
+    // takes a while and pushes land in the middle of it.
+    let mut acknowledged = Vec::new();
+    for r in 0..REPOS {
+        for i in 0..3 {
+            let repo = format!("stress/r{r}");
+            let image = push_small_image(port, &repo, &format!("base{i}"), &format!("{r}-{i}"));
+            acknowledged.push(image.expect("a push with no prune running"));
+        }
+    }
+
+    // And garbage, which the prunes must still collect: untagged images.
+    let mut garbage = Vec::new();
+    for r in 0..4 {
+        let repo = format!("stress/r{r}");
+        let image = push_small_image(port, &repo, "gone", &format!("garbage-{r}")).unwrap();
+        let (status, _, _) = http(
+            port,
+            "DELETE",
+            &format!("/v2/{repo}/manifests/gone"),
+            &[],
+            &[],
+        );
+        assert_eq!(status, 202);
+        garbage.push((repo, speculum_oci::Digest::sha256(&image.manifest)));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut pushed = Vec::new();
+            let mut refused = 0;
+            for i in 0..PUSHES {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let repo = format!("stress/r{}", i % REPOS);
+                match push_small_image(port, &repo, &format!("t{i}"), &format!("pushed-{i}")) {
+                    Some(image) => pushed.push(image),
+                    None => refused += 1,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done.store(true, Ordering::SeqCst);
+            (pushed, refused)
+        })
+    };
+    let mut prunes = 0;
+    while prunes < PRUNES && !done.load(Ordering::SeqCst) {
+        let out = run(
+            Command::new(BIN)
+                .args(["prune", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn"),
+            DEFAULT_TIMEOUT,
+        );
+        assert!(out.success(), "prune {prunes}: {}", out.describe());
+        prunes += 1;
+    }
+    let (pushed, refused) = pusher.join().unwrap();
+    acknowledged.extend(pushed);
+    // Let everything age past the grace period, and prune once more with
+    // nothing in flight: tagged images are still kept, whole.
+    std::thread::sleep(Duration::from_secs(3));
+    run_ok(Command::new(BIN).args(["prune", "--config"]).arg(&config));
+
+    let lost: Vec<String> = acknowledged
+        .iter()
+        .filter_map(|image| check_pulled(port, image))
+        .collect();
+    eprintln!(
+        "{} acknowledged pushes, {refused} refused, {prunes} prunes, {} lost",
+        acknowledged.len(),
+        lost.len()
+    );
+    for (repo, digest) in &garbage {
+        let (status, _, _) = http(
+            port,
+            "GET",
+            &format!("/v2/{repo}/manifests/{digest}"),
+            &[],
+            &[],
+        );
+        assert_eq!(status, 404, "{repo}@{digest} was not collected");
+    }
+    assert!(prunes >= 2, "prune ran {prunes} times");
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged pushes lost:\n{}",
+        lost.len(),
+        acknowledged.len(),
+        lost.join("\n")
+    );
+    serve.stop();
+}
+
+/// Two collectors never run at once on one storage root: while one holds
+/// the collector lock (here this test, through the storage library, as a
+/// long `prune` would), `prune` exits 1 saying so and removes nothing, and
+/// the scheduled collection of `serve` skips its rounds with a log line.
+/// Once the lock is released both collect again. Then prunes started
+/// together: each either collects or reports the other.
+#[test]
+fn concurrent_collectors_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = prune_config(dir.path(), port, "{interval: 1s, grace: 1s}");
+    let serve = Serve::start(&config, port, &[]);
+    let image = push_small_image(port, "turns/app", "v1", "turns").unwrap();
+    // An untagged manifest: garbage once older than the grace period.
+    let (status, _, _) = http(
+        port,
+        "PUT",
+        &format!(
+            "/v2/turns/app/manifests/{}",
+            speculum_oci::Digest::sha256(&image.manifest)
+        ),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        &image.manifest,
+    );
+    assert_eq!(status, 201);
+    let (status, _, _) = http(port, "DELETE", "/v2/turns/app/manifests/v1", &[], &[]);
+    assert_eq!(status, 202);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = runtime
+        .block_on(speculum_storage::FsBackend::open(dir.path().join("data")))
+        .unwrap();
+    use speculum_storage::Backend as _;
+    let held = runtime
+        .block_on(backend.try_lock_collector())
+        .unwrap()
+        .expect("no collection runs yet");
+    std::thread::sleep(Duration::from_secs(3));
+    let prune = || {
+        run(
+            Command::new(BIN)
+                .args(["prune", "--json", "--config"])
+                .arg(&config),
+            DEFAULT_TIMEOUT,
+        )
+    };
+    let refused = prune();
+    assert_eq!(refused.status.code(), Some(1), "{}", refused.describe());
+    assert!(
+        refused
+            .stderr
+            .contains("another garbage collection is running"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stdout.is_empty(), "{}", refused.stdout);
+    assert!(
+        serve.log().contains("skipping this round"),
+        "{}",
+        serve.log()
+    );
+    assert!(check_pulled(port, &image).is_some_and(|e| e.contains("manifest v1")));
+    let digest = speculum_oci::Digest::sha256(&image.manifest).to_string();
+    let (status, _, _) = http(
+        port,
+        "GET",
+        &format!("/v2/turns/app/manifests/{digest}"),
+        &[],
+        &[],
+    );
+    assert_eq!(status, 200, "nothing collected while the lock was held");
+
+    drop(held);
+    // Whichever collector comes first (the schedule, every second, or a
+    // prune) now removes the untagged manifest.
+    let start = Instant::now();
+    loop {
+        let out = prune();
+        assert!(
+            out.success() || out.stderr.contains("another garbage collection is running"),
+            "{}",
+            out.describe()
+        );
+        let (status, _, _) = http(
+            port,
+            "GET",
+            &format!("/v2/turns/app/manifests/{digest}"),
+            &[],
+            &[],
+        );
+        if status == 404 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never collected");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Prunes started together: every one either collects or says another
+    // collection runs; none fails otherwise.
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            Command::new(BIN)
+                .args(["prune", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut collected = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            collected += 1;
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(
+                stderr.contains("another garbage collection is running"),
+                "{stderr}"
+            );
+        }
+    }
+    assert!(collected >= 1);
+    serve.stop();
+}

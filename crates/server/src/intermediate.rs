@@ -46,13 +46,18 @@ pub fn prune_options(settings: &Settings, dry_run: bool) -> Result<PruneOptions,
     Ok(options)
 }
 
-/// Run one prune and record it in `metrics`.
+/// Run one prune and record it in `metrics`. Fails with
+/// [`speculum_storage::Error::CollectionRunning`], recording nothing, when
+/// another collection holds the store's collector lock.
 pub async fn run_prune(
     registry: &Registry,
     options: &PruneOptions,
     metrics: Option<&Metrics>,
 ) -> Result<GcReport, speculum_storage::Error> {
     let result = registry.prune(options).await;
+    if matches!(result, Err(speculum_storage::Error::CollectionRunning)) {
+        return result;
+    }
     if let Some(metrics) = metrics {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -270,6 +275,10 @@ async fn gc_loop(
         }
         match run_prune(&registry, &options, Some(&metrics)).await {
             Ok(report) => tracing::info!(summary = %report.summary(), "garbage collection done"),
+            Err(speculum_storage::Error::CollectionRunning) => tracing::info!(
+                "another garbage collection is running on this storage root \
+                 (a `speculum-registry prune`?): skipping this round"
+            ),
             Err(e) => tracing::error!(error = %e, "garbage collection failed"),
         }
         refresh_storage_figures(&registry, &metrics).await;

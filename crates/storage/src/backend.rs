@@ -142,6 +142,19 @@ pub trait Backend: Send + Sync + 'static {
     /// Remove a blob; `false` if it was not stored.
     async fn delete_blob(&self, digest: &Digest) -> Result<bool>;
 
+    /// When a blob was stored, or last given a time by
+    /// [`Backend::touch_blob`]; `None` if it is not stored. Storing a blob
+    /// that exists already need not change it. Garbage collection spares a
+    /// blob younger than its grace period by this time, whatever its own
+    /// mark saw, so that a collector in another process never deletes a
+    /// blob that was just pushed.
+    async fn blob_modified(&self, digest: &Digest) -> Result<Option<SystemTime>>;
+
+    /// Set the time [`Backend::blob_modified`] reports (at least to the
+    /// second); `false` if the blob is not stored. The registry stamps every
+    /// blob it stores or stores again with its own clock.
+    async fn touch_blob(&self, digest: &Digest, time: SystemTime) -> Result<bool>;
+
     /// Every stored blob, in no particular order.
     async fn list_blobs(&self) -> Result<Vec<Digest>>;
 
@@ -188,6 +201,33 @@ pub trait Backend: Send + Sync + 'static {
     /// partial file of a metadata write in progress or left by a crash.
     /// Empty when the backend is idle and healthy.
     async fn scratch(&self) -> Result<Vec<String>>;
+
+    /// Become the one garbage collector of this store, across every process
+    /// that opens it: `Some(lock)`, held until dropped, or `None` at once if
+    /// another collector holds it. Never waits.
+    async fn try_lock_collector(&self) -> Result<Option<CollectorLock>>;
+}
+
+/// Proof that a garbage collector holds a store's collector lock
+/// ([`Backend::try_lock_collector`]); dropping it releases the lock.
+pub struct CollectorLock {
+    _held: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl CollectorLock {
+    /// A lock that `held` keeps until it is dropped (an open locked file, a
+    /// guard that clears a flag, a lease renewer).
+    pub fn new(held: impl std::any::Any + Send + Sync) -> CollectorLock {
+        CollectorLock {
+            _held: Box::new(held),
+        }
+    }
+}
+
+impl fmt::Debug for CollectorLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CollectorLock").finish_non_exhaustive()
+    }
 }
 
 /// Check that a metadata key is a plain name: the characters of digests and

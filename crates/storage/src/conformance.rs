@@ -24,6 +24,7 @@
 // A test suite: a panic is how a case fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::collections::HashSet;
 use std::fmt::Debug;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,7 +75,10 @@ macro_rules! conformance_tests {
             prune_keeps_reachable_images,
             prune_grace_period,
             prune_dry_run_changes_nothing,
-            prune_during_pushes
+            prune_during_pushes,
+            blob_times,
+            collector_lock_is_exclusive,
+            prune_beside_another_process
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -2292,6 +2296,197 @@ pub async fn prune_during_pushes(registry: &Registry) {
         .unwrap();
     for digest in &pushed {
         assert_complete(registry, &r, digest).await;
+    }
+    assert_store_consistent(registry).await;
+}
+
+/// A blob's own time: when it was stored, or the time it was given; the
+/// registry stamps what it stores (again) with its clock.
+pub async fn blob_times(registry: &Registry) {
+    let be = registry.backend();
+    let data = Bytes::from_static(b"a blob with a time");
+    let d = Digest::sha256(&data);
+    assert_eq!(be.blob_modified(&d).await.unwrap(), None);
+    assert!(!be.touch_blob(&d, SystemTime::now()).await.unwrap());
+    let before = SystemTime::now() - SECOND;
+    be.write_blob(&d, data).await.unwrap();
+    let stored = be.blob_modified(&d).await.unwrap().unwrap();
+    assert!(
+        stored >= before && stored <= SystemTime::now() + SECOND,
+        "{stored:?}"
+    );
+    let past = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    assert!(be.touch_blob(&d, past).await.unwrap());
+    assert_eq!(be.blob_modified(&d).await.unwrap(), Some(past));
+    assert!(be.delete_blob(&d).await.unwrap());
+    assert_eq!(be.blob_modified(&d).await.unwrap(), None);
+
+    // Through the registry: an upload, then the same blob again later.
+    let r = repo("conf/blob-times");
+    let now = SystemTime::now();
+    freeze(registry, now - DAY);
+    let d = push_blob(registry, &r, b"stored twice").await;
+    let first = be.blob_modified(&d).await.unwrap().unwrap();
+    assert!(
+        first.duration_since(now - DAY).unwrap_or_default() < 2 * SECOND,
+        "{first:?}"
+    );
+    freeze(registry, now);
+    push_blob(registry, &r, b"stored twice").await;
+    let second = be.blob_modified(&d).await.unwrap().unwrap();
+    assert!(
+        second.duration_since(now).unwrap_or_default() < 2 * SECOND,
+        "{second:?}"
+    );
+    // A manifest is a blob too.
+    let m = push_image(registry, &r, "v1", "times", media_type::OCI_MANIFEST).await;
+    assert!(be.blob_modified(&m).await.unwrap().unwrap() >= now - SECOND);
+    registry.set_clock(SystemTime::now);
+}
+
+/// One garbage collector at a time, whichever registry (process) runs it:
+/// a second prune fails with `CollectionRunning` and removes nothing; a dry
+/// run needs no lock.
+pub async fn collector_lock_is_exclusive(registry: &Registry) {
+    let r = repo("conf/collector-lock");
+    let now = SystemTime::now();
+    freeze(registry, now - DAY);
+    let unused = push_blob(registry, &r, b"unused for a day").await;
+    registry.set_clock(SystemTime::now);
+    let be = registry.backend();
+
+    let held = be
+        .try_lock_collector()
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    assert!(be.try_lock_collector().await.unwrap().is_none());
+    let result = registry.prune(&PruneOptions::default()).await;
+    assert!(
+        matches!(result, Err(Error::CollectionRunning)),
+        "{result:?}"
+    );
+    assert!(
+        result
+            .unwrap_err()
+            .to_string()
+            .contains("another garbage collection")
+    );
+    let dry = PruneOptions {
+        dry_run: true,
+        ..PruneOptions::default()
+    };
+    let planned = registry.prune(&dry).await.unwrap();
+    assert_eq!(planned.blobs_removed, vec![unused.clone()]);
+    // (Not stat_blob: reading the link would renew it.)
+    assert!(registry.blobs().await.unwrap().contains(&unused));
+
+    drop(held);
+    let report = registry.prune(&PruneOptions::default()).await.unwrap();
+    assert_eq!(report.blobs_removed, vec![unused]);
+    // Released at the end of a run, failed or not.
+    let again = be.try_lock_collector().await.unwrap();
+    assert!(again.is_some());
+}
+
+/// A collector in another process (here: another `Registry` over the same
+/// store, which shares none of this one's in-process locks) while pushes
+/// go on: every acknowledged image stays whole, since the sweep reads each
+/// item again (its push time, its link time, the blob's own time and
+/// links) right before it removes it. What is old goes.
+pub async fn prune_beside_another_process(registry: &Registry) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const IMAGES: usize = 40;
+    let repos: Vec<RepositoryName> = (0..4).map(|i| repo(&format!("conf/beside-{i}"))).collect();
+    let now = SystemTime::now();
+    freeze(registry, now - 2 * HOUR);
+    let mut old = Vec::new();
+    for (i, r) in repos.iter().enumerate() {
+        let m = image_of(registry, r, &format!("old {i}"), media_type::OCI_MANIFEST).await;
+        old.push(push_untagged(registry, r, &m).await.0);
+        // Pushed long ago, needed again now (its manifest comes below).
+        push_blob(registry, r, format!("reused {i}").as_bytes()).await;
+    }
+    registry.set_clock(SystemTime::now);
+    let collector = Registry::with_backend(registry.backend().clone());
+
+    let done = Arc::new(AtomicBool::new(false));
+    let pusher = {
+        let registry = registry.clone();
+        let repos = repos.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            for i in 0..IMAGES {
+                let r = &repos[i % repos.len()];
+                let digest = if i < repos.len() {
+                    // A manifest over a blob linked long ago: a HEAD renews
+                    // the link, as a client that skips the upload does (and
+                    // one that finds it collected uploads it again).
+                    let reused = format!("reused {i}");
+                    let rd = Digest::sha256(reused.as_bytes());
+                    if registry.stat_blob(r, &rd).await.is_err() {
+                        push_blob(&registry, r, reused.as_bytes()).await;
+                    }
+                    let c = push_blob(&registry, r, b"{}").await;
+                    let m =
+                        image_manifest(media_type::OCI_MANIFEST, (&c, 2), &[(&rd, reused.len())]);
+                    // The sweep and this push may still race for the old
+                    // blob in the instant between its last check and its
+                    // removal: then the push is refused, never acknowledged
+                    // and lost, and the client uploads the blob again.
+                    let tag = reference(&format!("reused-{i}"));
+                    let mut tries = 0;
+                    loop {
+                        match registry.put_manifest(r, &tag, None, bytes_of(&m)).await {
+                            Ok(put) => break put.digest,
+                            Err(Error::Client {
+                                code: ErrorCode::ManifestBlobUnknown,
+                                ..
+                            }) if tries < 5 => {
+                                tries += 1;
+                                push_blob(&registry, r, reused.as_bytes()).await;
+                                push_blob(&registry, r, b"{}").await;
+                            }
+                            Err(e) => panic!("push {i}: {e:?}"),
+                        }
+                    }
+                } else {
+                    let tag = format!("img-{i}");
+                    push_image(&registry, r, &tag, &tag, media_type::DOCKER_MANIFEST_V2).await
+                };
+                pushed.push((r.clone(), digest));
+                tokio::task::yield_now().await;
+            }
+            done.store(true, Ordering::SeqCst);
+            pushed
+        })
+    };
+    let mut runs = 0;
+    let mut removed = HashSet::new();
+    loop {
+        let report = collector.prune(&PruneOptions::default()).await.unwrap();
+        removed.extend(report.manifests_deleted.into_iter().map(|m| m.digest));
+        runs += 1;
+        // (A pusher that panicked never says it is done.)
+        if done.load(Ordering::SeqCst) || pusher.is_finished() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let pushed = pusher.await.unwrap();
+    assert!(runs >= 1);
+    for (r, digest) in &pushed {
+        assert_complete(registry, r, digest).await;
+    }
+    collector.prune(&PruneOptions::default()).await.unwrap();
+    for (r, digest) in &pushed {
+        assert_complete(registry, r, digest).await;
+    }
+    for digest in &old {
+        assert!(removed.contains(digest), "{digest} was kept");
     }
     assert_store_consistent(registry).await;
 }

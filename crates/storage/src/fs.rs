@@ -16,8 +16,12 @@
 //! │       ├── _manifests/<algorithm>:<hex>         JSON record: media type, size, subject, when pushed
 //! │       ├── _tags/<tag>                          JSON: the digest the tag points at, when pushed
 //! │       └── _referrers/<subject digest>/<digest> the referrer's descriptor, JSON
-//! └── tmp/<uuid>                                   a file or session being created
+//! ├── tmp/<uuid>                                   a file or session being created
+//! └── gc.lock                                      flock()ed by the one garbage collector
 //! ```
+//!
+//! A blob's time (for garbage collection's grace period) is its file's
+//! modification time, which the registry sets when it stores the blob.
 //!
 //! Why it is safe:
 //! - Names that reach the filesystem are validated first: repository name
@@ -42,7 +46,9 @@ use speculum_oci::{Digest, RepositoryName};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::Result;
-use crate::backend::{Backend, BlobReader, Table, UploadId, UploadInfo, UploadWriter, check_key};
+use crate::backend::{
+    Backend, BlobReader, CollectorLock, Table, UploadId, UploadInfo, UploadWriter, check_key,
+};
 
 /// Read buffer for blobs: large enough that a read is one system call per
 /// 256 KiB, whatever buffer size the consumer polls with.
@@ -155,6 +161,10 @@ impl FsBackend {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn gc_lock_path(&self) -> PathBuf {
+        self.root.join("gc.lock")
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -280,6 +290,29 @@ impl Backend for FsBackend {
             .await
             .map(|()| true);
         Ok(not_found_is(r, false)?)
+    }
+
+    async fn blob_modified(&self, digest: &Digest) -> Result<Option<SystemTime>> {
+        let r = match tokio::fs::metadata(self.blob_path(digest)).await {
+            Ok(m) => m.modified().map(Some),
+            Err(e) => Err(e),
+        };
+        Ok(not_found_is(r, None)?)
+    }
+
+    async fn touch_blob(&self, digest: &Digest, time: SystemTime) -> Result<bool> {
+        let path = self.blob_path(digest);
+        blocking(move || {
+            // Setting an explicit time needs only ownership, not write
+            // access: open for reading.
+            let file = match std::fs::File::open(&path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+                r => r?,
+            };
+            file.set_modified(time)?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn list_blobs(&self) -> Result<Vec<Digest>> {
@@ -466,6 +499,26 @@ impl Backend for FsBackend {
                     .map(|n| format!("uploads/{n}")),
             );
             Ok(out)
+        })
+        .await
+    }
+
+    /// An exclusive `flock` on `<root>/gc.lock`: the kernel releases it when
+    /// the file is closed, so a collector that crashes never leaves a stale
+    /// lock behind.
+    async fn try_lock_collector(&self) -> Result<Option<CollectorLock>> {
+        let path = self.gc_lock_path();
+        blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => Ok(Some(CollectorLock::new(file))),
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(None),
+                Err(e) => Err(io::Error::from(e)),
+            }
         })
         .await
     }

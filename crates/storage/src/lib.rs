@@ -21,7 +21,8 @@
 //! Every failure is an [`Error`]: [`Error::Client`] carries the spec
 //! [`ErrorCode`] (and so the HTTP status) plus a message that is safe to send
 //! to a client; [`Error::Io`] is an internal failure that the server logs and
-//! answers with 500.
+//! answers with 500; [`Error::CollectionRunning`] says another garbage
+//! collection holds the store's collector lock.
 //!
 //! What a manifest push checks: the manifest parses and is valid for its
 //! media type (else `MANIFEST_INVALID`; an unsupported media type is
@@ -80,7 +81,7 @@ mod fs;
 mod memory;
 mod registry;
 
-pub use backend::{Backend, BlobReader, Table, UploadId, UploadInfo, UploadWriter};
+pub use backend::{Backend, BlobReader, CollectorLock, Table, UploadId, UploadInfo, UploadWriter};
 pub use fs::FsBackend;
 pub use memory::MemoryBackend;
 pub use registry::{
@@ -116,6 +117,11 @@ pub enum Error {
     /// Storage itself failed.
     #[error("storage failure: {0}")]
     Io(#[from] std::io::Error),
+    /// Another garbage collection holds the store's collector lock (a
+    /// `prune`, or the scheduled collection of a `serve`, in this process or
+    /// another); this one removed nothing.
+    #[error("another garbage collection is running on this store")]
+    CollectionRunning,
 }
 
 impl Error {
@@ -144,7 +150,7 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Client { code, .. } => Some(*code),
-            Error::Io(_) => None,
+            Error::Io(_) | Error::CollectionRunning => None,
         }
     }
 }

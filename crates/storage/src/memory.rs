@@ -13,7 +13,9 @@ use bytes::Bytes;
 use speculum_oci::{Digest, RepositoryName};
 
 use crate::Result;
-use crate::backend::{Backend, BlobReader, Table, UploadId, UploadInfo, UploadWriter, check_key};
+use crate::backend::{
+    Backend, BlobReader, CollectorLock, Table, UploadId, UploadInfo, UploadWriter, check_key,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TableKey {
@@ -51,11 +53,28 @@ struct Upload {
     started: SystemTime,
 }
 
+/// A stored blob and when it was stored (or last touched).
+struct Blob {
+    bytes: Bytes,
+    modified: SystemTime,
+}
+
+impl Blob {
+    fn new(bytes: Bytes) -> Blob {
+        Blob {
+            bytes,
+            modified: SystemTime::now(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    blobs: HashMap<Digest, Bytes>,
+    blobs: HashMap<Digest, Blob>,
     uploads: HashMap<UploadId, Upload>,
     tables: BTreeMap<TableKey, BTreeMap<String, Bytes>>,
+    /// Whether a garbage collector holds the collector lock.
+    collecting: bool,
 }
 
 /// A backend that keeps everything in memory.
@@ -102,6 +121,15 @@ fn reader(bytes: Bytes) -> BlobReader {
     Box::pin(std::io::Cursor::new(bytes))
 }
 
+/// Clears the collector flag when the collector's lock is dropped.
+struct Collecting(Arc<Mutex<State>>);
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        lock(&self.0).collecting = false;
+    }
+}
+
 struct MemoryWriter {
     state: Arc<Mutex<State>>,
     id: UploadId,
@@ -127,7 +155,7 @@ impl UploadWriter for MemoryWriter {
 #[async_trait]
 impl Backend for MemoryBackend {
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        Ok(self.lock().blobs.get(digest).map(|b| b.len() as u64))
+        Ok(self.lock().blobs.get(digest).map(|b| b.bytes.len() as u64))
     }
 
     async fn read_blob(
@@ -136,7 +164,7 @@ impl Backend for MemoryBackend {
         offset: u64,
         len: u64,
     ) -> Result<Option<BlobReader>> {
-        let Some(blob) = self.lock().blobs.get(digest).cloned() else {
+        let Some(blob) = self.lock().blobs.get(digest).map(|b| b.bytes.clone()) else {
             return Ok(None);
         };
         let size = blob.len() as u64;
@@ -151,12 +179,29 @@ impl Backend for MemoryBackend {
     }
 
     async fn write_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
-        self.lock().blobs.entry(digest.clone()).or_insert(bytes);
+        self.lock()
+            .blobs
+            .entry(digest.clone())
+            .or_insert_with(|| Blob::new(bytes));
         Ok(())
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
         Ok(self.lock().blobs.remove(digest).is_some())
+    }
+
+    async fn blob_modified(&self, digest: &Digest) -> Result<Option<SystemTime>> {
+        Ok(self.lock().blobs.get(digest).map(|b| b.modified))
+    }
+
+    async fn touch_blob(&self, digest: &Digest, time: SystemTime) -> Result<bool> {
+        Ok(match self.lock().blobs.get_mut(digest) {
+            Some(blob) => {
+                blob.modified = time;
+                true
+            }
+            None => false,
+        })
     }
 
     async fn list_blobs(&self) -> Result<Vec<Digest>> {
@@ -203,7 +248,7 @@ impl Backend for MemoryBackend {
         let size = upload.data.len() as u64;
         s.blobs
             .entry(digest.clone())
-            .or_insert_with(|| Bytes::from(upload.data));
+            .or_insert_with(|| Blob::new(Bytes::from(upload.data)));
         Ok(size)
     }
 
@@ -270,6 +315,15 @@ impl Backend for MemoryBackend {
 
     async fn scratch(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+
+    async fn try_lock_collector(&self) -> Result<Option<CollectorLock>> {
+        let mut s = self.lock();
+        if s.collecting {
+            return Ok(None);
+        }
+        s.collecting = true;
+        Ok(Some(CollectorLock::new(Collecting(self.state.clone()))))
     }
 }
 

@@ -573,6 +573,9 @@ impl Registry {
         let _gc = self.inner.gc_lock.read().await;
         let size = self.backend_ref().commit_upload(&id, digest).await?;
         self.forget_session(&id, &session);
+        // The blob's own time, which a collector in another process goes
+        // by (it may have been stored long ago, and is stored again now).
+        self.backend_ref().touch_blob(digest, self.now()).await?;
         self.link(repo, digest).await?;
         tracing::debug!(size, "blob stored");
         Ok(size)
@@ -707,6 +710,7 @@ impl Registry {
         );
         let be = self.backend_ref();
         be.write_blob(&digest, bytes).await?;
+        be.touch_blob(&digest, self.now()).await?;
         let subject = info.subject.as_ref().map(|s| s.digest.clone());
         let pushed = Some(unix_secs(self.now()));
         let record = ManifestRecord {

@@ -21,7 +21,14 @@
 //!    references are removed once older than the grace period; then every
 //!    stored blob that is neither marked nor linked anywhere is deleted.
 //!    (A manifest's referrers do not keep it: an unreferenced, untagged,
-//!    old manifest goes, and so do its referrers unless tagged.)
+//!    old manifest goes, and so do its referrers unless tagged.) Each item
+//!    is read again right before it goes, and spared if it is young by its
+//!    own time: a manifest record by its push time, a link by its time
+//!    (made, or renewed by a HEAD), a link also if a manifest of its
+//!    repository pushed within the grace period needs it, and a blob if any
+//!    repository links it or holds it as a manifest now, or if it was stored
+//!    within the grace period ([`Backend::blob_modified`], stamped by the
+//!    registry's clock when a blob is stored or stored again).
 //!
 //! **Why a push in progress never loses a blob.** Every write that makes a
 //! blob reachable (an upload's commit and link, a mount, a link renewed by a
@@ -44,12 +51,33 @@
 //!   ([`Registry::stat_blob`]).
 //!
 //! Pushes wait only while a batch of removals runs, never for the mark.
-//! Collections run one at a time. The locks are in-process: run GC in the
-//! process that serves the storage root (a separate process is protected
-//! only by the grace period).
+//!
+//! **Another process.** The GC lock and the noted set are in-process. A
+//! collector in another process (`speculum-registry prune` beside `serve`)
+//! sees none of the pushes made after its mark; what protects them is the
+//! sweep's second reading above: whatever a push wrote after the mark is
+//! young by its own time (or linked), so it stays, as long as the push
+//! linked its blobs within the grace period (a HEAD renews a link older
+//! than five minutes, so the grace period must be longer than that).
+//! What is left is the instant between that reading and the removal: a
+//! push landing there is refused (`MANIFEST_BLOB_UNKNOWN`: its link or blob
+//! went just before its check), but the re-push of the very manifest being
+//! removed can lose its record. A collection in the serving process has no
+//! such window.
+//!
+//! **One collector at a time**, in a process (a mutex) and across processes:
+//! a real run takes the backend's collector lock
+//! ([`Backend::try_lock_collector`]: a `flock` on `<root>/gc.lock` for the
+//! filesystem) and fails with [`Error::CollectionRunning`], having removed
+//! nothing, if another collection holds it. A dry run takes no lock.
+//!
+//! [`Backend::blob_modified`]: crate::Backend::blob_modified
+//! [`Backend::try_lock_collector`]: crate::Backend::try_lock_collector
+//! [`Error::CollectionRunning`]: crate::Error::CollectionRunning
 //!
 //! [`Registry::collect_garbage`] is the older, narrower operation: no
-//! retention, every manifest is a root, and links expire only when asked.
+//! retention, every manifest is a root, links expire only when asked, and
+//! no blob is kept for its age: meant for a store no other process writes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -68,9 +96,11 @@ use crate::{Result, RetentionPolicy};
 pub struct PruneOptions {
     /// Which tags expire (default: none).
     pub retention: RetentionPolicy,
-    /// How long untagged manifests and unreferenced blob links are kept
-    /// after they were last pushed (default: one hour). A push must link
-    /// its blobs and push its manifest within it.
+    /// How long untagged manifests, unreferenced blob links and unlinked
+    /// blobs are kept after they were last pushed (default: one hour). A
+    /// push must link its blobs and push its manifest within it. Keep it
+    /// well above five minutes when a collector runs in another process
+    /// than the server: a HEAD renews only links older than that.
     pub grace_period: Duration,
     /// Remove upload sessions started at least this long ago (default: one
     /// day, so that a slow upload of a big layer is not cut off).
@@ -266,7 +296,7 @@ fn link_time(value: &[u8]) -> Option<SystemTime> {
 }
 
 /// How old a link may get before reading it through
-/// [`Registry::stat_blob`] renews it.
+/// [`Registry::stat_blob`] renews it: five minutes.
 const LINK_RENEWAL: Duration = Duration::from_secs(300);
 
 /// Whether a link (its stored value) is old enough to renew; a link of
@@ -286,6 +316,9 @@ struct Plan<'a> {
     /// `None`: every manifest is a root and none is removed. `Some(grace)`:
     /// roots are tags and manifests pushed less than `grace` ago.
     manifest_grace: Option<Duration>,
+    /// Blobs stored (by their own time) less than this ago are kept;
+    /// `None` keeps none by age.
+    blob_grace: Option<Duration>,
     /// Unreferenced links older than this go; `None` keeps them all.
     link_max_age: Option<Duration>,
     upload_max_age: Duration,
@@ -312,6 +345,7 @@ impl Registry {
         let plan = Plan {
             retention: Some(&options.retention),
             manifest_grace: Some(options.grace_period),
+            blob_grace: Some(options.grace_period),
             link_max_age: Some(options.grace_period),
             upload_max_age: options.upload_max_age,
             dry_run: options.dry_run,
@@ -329,6 +363,7 @@ impl Registry {
         let plan = Plan {
             retention: None,
             manifest_grace: None,
+            blob_grace: None,
             link_max_age: options.unreferenced_link_max_age,
             upload_max_age: options.upload_max_age,
             dry_run: options.dry_run,
@@ -339,6 +374,16 @@ impl Registry {
 
     async fn run_gc(&self, plan: &Plan<'_>) -> Result<GcReport> {
         let _one_at_a_time = self.inner.gc_run.lock().await;
+        // And one at a time across processes; a dry run removes nothing and
+        // needs no lock.
+        let _collector = if plan.dry_run {
+            None
+        } else {
+            match self.backend_ref().try_lock_collector().await? {
+                Some(lock) => Some(lock),
+                None => return Err(crate::Error::CollectionRunning),
+            }
+        };
         let started = Instant::now();
         let mut report = GcReport {
             dry_run: plan.dry_run,
@@ -395,7 +440,8 @@ impl Registry {
                 blobs.push(digest);
             }
         }
-        self.sweep(plan, doomed, blobs, &mut report).await?;
+        self.sweep(plan, doomed, blobs, &mut cache, &mut report)
+            .await?;
         report.duration = started.elapsed();
         tracing::info!(
             dry_run = plan.dry_run,
@@ -602,14 +648,18 @@ impl Registry {
     }
 
     /// Remove what the mark doomed, in batches, each under the GC lock held
-    /// exclusively, sparing whatever was noted since the collection began.
+    /// exclusively, sparing whatever was noted since the collection began
+    /// and whatever is young or in use now by its own time: each item is
+    /// read again right before it goes, so that a push made by another
+    /// process after the mark (which nothing notes) is never removed.
     /// Manifests and links go before blobs, so a blob whose link was spared
-    /// is spared too (its digest is noted).
+    /// is spared too (its digest is noted, or its link is there).
     async fn sweep(
         &self,
         plan: &Plan<'_>,
         doomed: Doomed,
         blobs: Vec<Digest>,
+        cache: &mut RefsCache,
         report: &mut GcReport,
     ) -> Result<()> {
         let be = self.backend_ref();
@@ -618,10 +668,13 @@ impl Registry {
                 .as_ref()
                 .is_some_and(|n| n.contains(d))
         };
+        // What this run removed (or, in a dry run, would have): gone for
+        // the checks that follow, as it is in a real run.
+        let mut gone = Gone::new();
         for batch in doomed.manifests.chunks(SWEEP_BATCH) {
             let _gc = self.inner.gc_lock.write().await;
             for (repo, digest, subject) in batch {
-                if noted(digest) {
+                if noted(digest) || !self.manifest_is_garbage(repo, digest, plan).await? {
                     continue;
                 }
                 if !plan.dry_run {
@@ -632,21 +685,35 @@ impl Registry {
                     be.remove(Table::Manifests(repo), &key).await?;
                 }
                 tracing::debug!(%repo, %digest, "manifest removed");
+                gone.insert((Kind::Manifest, repo.clone(), digest.clone()));
                 report.manifests_deleted.push(RemovedManifest {
                     repository: repo.to_string(),
                     digest: digest.clone(),
                 });
             }
         }
+        // The blobs that manifests pushed since the mark need, per
+        // repository, read once right before its links go.
+        let mut needed: HashMap<RepositoryName, HashSet<Digest>> = HashMap::new();
         for batch in doomed.links.chunks(SWEEP_BATCH) {
+            for (repo, _) in batch {
+                if !needed.contains_key(repo) {
+                    let young = self.young_manifest_blobs(repo, plan, cache).await?;
+                    needed.insert(repo.clone(), young);
+                }
+            }
             let _gc = self.inner.gc_lock.write().await;
             for (repo, digest) in batch {
-                if noted(digest) {
+                if noted(digest)
+                    || needed.get(repo).is_some_and(|n| n.contains(digest))
+                    || !self.link_is_garbage(repo, digest, plan).await?
+                {
                     continue;
                 }
                 if !plan.dry_run {
                     be.remove(Table::Blobs(repo), &digest.to_string()).await?;
                 }
+                gone.insert((Kind::Link, repo.clone(), digest.clone()));
                 report.links_removed.push(RemovedLink {
                     repository: repo.to_string(),
                     digest: digest.clone(),
@@ -654,9 +721,10 @@ impl Registry {
             }
         }
         for batch in blobs.chunks(SWEEP_BATCH) {
+            let repos = self.repositories().await?;
             let _gc = self.inner.gc_lock.write().await;
             for digest in batch {
-                if noted(digest) {
+                if noted(digest) || !self.blob_is_garbage(digest, &repos, &gone, plan).await? {
                     report.blobs_kept += 1;
                     continue;
                 }
@@ -668,6 +736,108 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Whether the manifest `digest` of `repo`, doomed by the mark, is
+    /// still garbage: registered, and last pushed longer than the grace
+    /// period ago (a push since, in any process, makes it young).
+    async fn manifest_is_garbage(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        plan: &Plan<'_>,
+    ) -> Result<bool> {
+        let (Some(grace), Some(record)) = (
+            plan.manifest_grace,
+            self.manifest_record(repo, digest).await?,
+        ) else {
+            return Ok(false);
+        };
+        // Unknown push time (only in a dry run): as the mark, just pushed.
+        Ok(record
+            .pushed
+            .is_some_and(|p| age(plan.now, from_unix_secs(p)) >= grace))
+    }
+
+    /// Whether the link of `digest` into `repo`, doomed by the mark, is
+    /// still garbage: there, and made longer than the maximum age ago (a
+    /// link made or renewed since, in any process, is young).
+    async fn link_is_garbage(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        plan: &Plan<'_>,
+    ) -> Result<bool> {
+        let Some(max_age) = plan.link_max_age else {
+            return Ok(false);
+        };
+        let value = self
+            .backend_ref()
+            .get(Table::Blobs(repo), &digest.to_string())
+            .await?;
+        Ok(value
+            .as_deref()
+            .and_then(link_time)
+            .is_some_and(|linked| age(plan.now, linked) >= max_age))
+    }
+
+    /// The blobs referenced by the manifests of `repo` pushed within the
+    /// grace period, as they are now (a manifest pushed again after the
+    /// mark needs its blobs, even though their links are old).
+    async fn young_manifest_blobs(
+        &self,
+        repo: &RepositoryName,
+        plan: &Plan<'_>,
+        cache: &mut RefsCache,
+    ) -> Result<HashSet<Digest>> {
+        let mut out = HashSet::new();
+        let Some(grace) = plan.manifest_grace.or(plan.link_max_age) else {
+            return Ok(out);
+        };
+        for digest in self.manifests(repo).await? {
+            let young = self.manifest_record(repo, &digest).await?.is_some_and(|r| {
+                r.pushed
+                    .is_none_or(|p| age(plan.now, from_unix_secs(p)) < grace)
+            });
+            if young && let Some(refs) = self.refs(repo, &digest, cache).await? {
+                out.extend(refs.blobs.iter().cloned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the blob `digest`, which the mark did not reach, is still
+    /// garbage: no repository links it or holds it as a manifest now
+    /// (besides what this run removed, listed in `gone`), and it was stored
+    /// longer than the grace period ago by its own time.
+    async fn blob_is_garbage(
+        &self,
+        digest: &Digest,
+        repos: &[RepositoryName],
+        gone: &Gone,
+        plan: &Plan<'_>,
+    ) -> Result<bool> {
+        let be = self.backend_ref();
+        let key = digest.to_string();
+        for repo in repos {
+            for (table, kind) in [
+                (Table::Blobs(repo), Kind::Link),
+                (Table::Manifests(repo), Kind::Manifest),
+            ] {
+                if be.get(table, &key).await?.is_some()
+                    && !gone.contains(&(kind, repo.clone(), digest.clone()))
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        match plan.blob_grace {
+            None => Ok(true),
+            Some(grace) => Ok(be
+                .blob_modified(digest)
+                .await?
+                .is_some_and(|stored| age(plan.now, stored) >= grace)),
+        }
     }
 }
 
@@ -682,6 +852,15 @@ struct Doomed {
     manifests: Vec<(RepositoryName, Digest, Option<Digest>)>,
     links: Vec<(RepositoryName, Digest)>,
 }
+
+/// What a sweep removed: a manifest or a link, of a repository.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Manifest,
+    Link,
+}
+
+type Gone = HashSet<(Kind, RepositoryName, Digest)>;
 
 /// Stops recording noted digests when the collection ends, however it ends.
 struct Recording<'a>(&'a Registry);
