@@ -102,8 +102,8 @@ def test_buildset_registry_job_with_a_build(tmp_path, busybox_layout, containers
                              f'docker://localhost:{intermediate["port"]}/quay.io/myorg/app:{BUILD}_latest')
         assert len(json.loads(out.stdout)['Layers']) == 2
 
-        # Cleanup-run of a child job (another build) leaves the registry alone;
-        # the registry job's own cleanup-run stops it and drops its storage.
+        # The cleanup playbook of a child job (another build) leaves the registry
+        # alone; the registry job's own stops it and drops its storage.
         pid = (br_root / 'registry.pid').read_text().strip()
         _run_playbook(ansible, 'playbooks/buildset-registry/cleanup.yaml',
                       {**job_vars, 'zuul': ansible.zuul_vars(build='e' * 32)})
@@ -121,9 +121,17 @@ def test_pause_only_in_the_job_that_runs_the_registry(ansible):
     ansible.secrets.append(registry['password'])
     # The job that started the registry returned it as secret_data; even with
     # buildset_registry loaded as a fact by now, it pauses.
-    ansible.results_file.write_text(json.dumps({'data': {}, 'secret_data': {'buildset_registry': registry}}))
-    ansible.role('pause-buildset-registry', extra_vars={'zuul': ansible.zuul_vars(), 'buildset_registry': registry})
+    returned = json.dumps({'data': {}, 'secret_data': {'buildset_registry': registry}})
+    ansible.results_file.write_text(returned)
+    ansible.role('pause-buildset-registry', extra_vars={
+        'zuul': ansible.zuul_vars(child_jobs=['consumer']), 'buildset_registry': registry})
     assert ansible.results()['data'] == {'zuul': {'pause': True}}
+
+    # The same job with no children (a build job run alone) does not pause.
+    ansible.results_file.write_text(returned)
+    ansible.role('pause-buildset-registry', extra_vars={
+        'zuul': ansible.zuul_vars(child_jobs=[]), 'buildset_registry': registry})
+    assert ansible.results()['data'] == {}
 
     # A child that Zuul handed the registry returned none of its own.
     child = support.Ansible(ansible.workdir / 'child')

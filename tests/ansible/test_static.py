@@ -18,7 +18,7 @@ REPO = support.REPO
 ROLES = sorted(p for p in (REPO / 'roles').iterdir() if p.is_dir())
 SHARED = {'buildset_registry', 'intermediate_registry', 'container_images', 'docker_images',
           'container_registry_credentials', 'docker_credentials', 'zuul_work_dir', 'container_command',
-          'docker_registry', 'docker_dockerfile', 'zuul_success'}
+          'docker_registry', 'docker_dockerfile', 'zuul_success', 'promote_container_image_method'}
 
 sys.path.insert(0, str(REPO / 'roles/use-buildset-registry/module_utils'))
 import speculum_toml  # noqa: E402
@@ -170,14 +170,16 @@ def test_zuul_jobs_pass_zuul_schema_and_structure():
         assert 'secrets' not in job, f'{job["name"]}: secrets belong to the site\'s jobs'
         if job.get('parent'):
             assert job['parent'] in jobs, f'{job["name"]}: unknown parent {job["parent"]}'
-        for key in ('pre-run', 'run', 'post-run', 'cleanup-run'):
+        assert 'cleanup-run' not in job, f'{job["name"]}: cleanup-run is deprecated; use post-run with cleanup'
+        for key in ('pre-run', 'run', 'post-run'):
             for playbook in _as_list(job.get(key)):
-                assert (REPO / playbook).is_file(), f'{job["name"]}: {playbook} is missing'
+                name = playbook['name'] if isinstance(playbook, dict) else playbook
+                assert (REPO / name).is_file(), f'{job["name"]}: {name} is missing'
         for need in _as_list(job.get('requires')):
             assert need in provided, f'{job["name"]} requires {need}, which no job provides'
     registry = jobs['speculum-buildset-registry']
     assert 'container-image' in registry['requires']
-    assert registry['cleanup-run'] == 'playbooks/buildset-registry/cleanup.yaml'
+    assert {'name': 'playbooks/buildset-registry/cleanup.yaml', 'cleanup': True} in _as_list(registry['post-run'])
     assert jobs['speculum-build-container-image']['provides'] == 'container-image'
 
 
