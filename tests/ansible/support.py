@@ -123,6 +123,16 @@ class Ansible:
         })
         return env
 
+    # The interpreter for modules, and where ansible-playbook starts (None:
+    # here); a runner for another user changes both.
+    python = PYTHON
+    cwd = None
+
+    def command(self, argv: list[str], inputs: list[Path]) -> list[str]:
+        """The command line that runs ansible-playbook argv; inputs are the
+        files it reads, for a runner that must hand them to another user."""
+        return argv
+
     def play(self, plays, extra_vars=None, expect_failure=False, timeout=600,
              inventory='localhost,') -> subprocess.CompletedProcess:
         """Run plays (a list of play dicts) and check that no known secret leaks.
@@ -135,14 +145,15 @@ class Ansible:
         varsfile = self.workdir / f'vars-{self.count}.json'
         playbook.write_text(yaml.safe_dump(plays, sort_keys=False))
         varsfile.write_text(json.dumps(extra_vars or {}))
-        argv = [
+        argv = self.command([
             str(VENV_BIN / 'ansible-playbook'), '-vv',
             '-i', inventory, '-c', 'local',
-            '-e', f'ansible_python_interpreter={PYTHON}',
+            '-e', f'ansible_python_interpreter={self.python}',
             '-e', f'@{varsfile}',
             str(playbook),
-        ]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=timeout)
+        ], [playbook, varsfile])
+        proc = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=timeout,
+                              cwd=self.cwd)
         output = proc.stdout + proc.stderr
         self.outputs.append(output)
         (self.workdir / f'output-{self.count}.txt').write_text(output)

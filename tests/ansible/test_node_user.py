@@ -61,6 +61,7 @@ class NobodyAnsible(support.Ansible):
         self.home.mkdir()
         self.path_prefix = path_prefix
         self.python = _system_python()
+        self.cwd = workdir
         _chown_tree(workdir)
 
     def _passwd(self) -> Path:
@@ -85,34 +86,15 @@ class NobodyAnsible(support.Ansible):
             env['PATH'] = f'{self.path_prefix}:{env["PATH"]}'
         return env
 
-    def play(self, plays, extra_vars=None, expect_failure=False, timeout=600, inventory='localhost,'):
-        self.count += 1
-        playbook = support.write_yaml(self.workdir / f'playbook-{self.count}.yaml', plays)
-        varsfile = self.workdir / f'vars-{self.count}.json'
-        varsfile.write_text(json.dumps(extra_vars or {}))
-        for path in (playbook, varsfile):
+    def command(self, argv, inputs):
+        """ansible-playbook (on the system python) as nobody, in a mount
+        namespace whose /etc/passwd gives nobody this runner's HOME."""
+        for path in inputs:
             os.chown(path, NOBODY, NOBODY)
-        argv = [
+        return [
             'unshare', '--mount', '--propagation', 'private', '--',
             'sh', '-c', 'mount --bind "$0" /etc/passwd && exec "$@"', str(self._passwd()),
-        ] + as_nobody([
-            self.python, str(support.VENV_BIN / 'ansible-playbook'), '-vv',
-            '-i', inventory, '-c', 'local',
-            '-e', f'ansible_python_interpreter={self.python}',
-            '-e', f'@{varsfile}',
-            str(playbook),
-        ])
-        proc = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=timeout,
-                              cwd=self.workdir)
-        output = proc.stdout + proc.stderr
-        self.outputs.append(output)
-        (self.workdir / f'output-{self.count}.txt').write_text(output)
-        if expect_failure:
-            assert proc.returncode != 0, f'playbook unexpectedly passed:\n{output}'
-        else:
-            assert proc.returncode == 0, f'playbook failed ({proc.returncode}):\n{output}'
-        self.assert_no_secrets()
-        return proc
+        ] + as_nobody([self.python, *argv])
 
 
 @pytest.fixture

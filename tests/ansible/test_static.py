@@ -98,9 +98,10 @@ def test_ansible_lint():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_playbooks_syntax(tmp_path):
+@pytest.mark.parametrize('directory', ['playbooks', 'doc/examples/site-config/playbooks'])
+def test_playbooks_syntax(tmp_path, directory):
     env = support.Ansible(tmp_path).env()
-    for playbook in sorted((REPO / 'playbooks').rglob('*.yaml')):
+    for playbook in sorted((REPO / directory).rglob('*.yaml')):
         proc = subprocess.run([str(support.VENV_BIN / 'ansible-playbook'), '--syntax-check', '-i', 'localhost,',
                                str(playbook)], cwd=REPO, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, f'{playbook}: {proc.stdout}{proc.stderr}'
@@ -212,14 +213,6 @@ def test_site_config_example():
         plays = yaml.safe_load((SITE / site[f'yoursite-build-{flavour}-image']['run']).read_text())
         roles = [role for play in plays for role in play.get('roles', [])]
         assert roles == [f'build-{flavour}-image', 'push-to-intermediate-registry', 'pause-buildset-registry']
-
-
-def test_site_playbooks_syntax(tmp_path):
-    env = support.Ansible(tmp_path).env()
-    for playbook in sorted((SITE / 'playbooks').rglob('*.yaml')):
-        proc = subprocess.run([str(support.VENV_BIN / 'ansible-playbook'), '--syntax-check', '-i', 'localhost,',
-                               str(playbook)], cwd=REPO, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, f'{playbook}: {proc.stdout}{proc.stderr}'
 
 
 # --- the TOML writer of use-buildset-registry -------------------------------
