@@ -11,7 +11,7 @@ it runs (and only tags matching ^refs/tags/v.*$ trigger it afterwards).
 from __future__ import annotations
 
 import yaml
-from stack import SITE_PROJECT, TEST_PROJECT, wait_for
+from stack import SITE_PROJECT
 from test_images import APP, PRODUCER_ONLY, image_artifacts, nonce, project, task_results
 
 # -- changes ahead (scenario 3) ------------------------------------------------------------------
@@ -59,23 +59,16 @@ AHEAD = project(
 )
 
 
-def _buildset_exists(zuul, sha: str) -> bool:
-    return bool(zuul.api.tget('/buildsets', project=TEST_PROJECT, newrev=sha, pipeline='check'))
-
-
 def test_changes_ahead_nearest_wins(zuul, timed):
     """Two producers' images as changes ahead [older, newer]: the consumer gets the newer one."""
     older, newer = nonce(), nonce()
-    # The two producers run side by side; the second push waits until the first is enqueued,
-    # so the git driver's poll sees two ref updates, not one.
-    sha_old = zuul.push({'zuul.d/project.yaml': PRODUCER_ONLY, 'nonce.txt': older + '\n'},
-                        f'changes ahead: older producer ({older})')
-    wait_for('the older producer enqueued', lambda: _buildset_exists(zuul, sha_old), 120, interval=2)
-    sha_new = zuul.push({'zuul.d/project.yaml': PRODUCER_ONLY, 'nonce.txt': newer + '\n'},
-                        f'changes ahead: newer producer ({newer})')
+    # One producer after the other: the static nodes are one host and one user here, so
+    # two buildset registries at once would share a root and a port, which real nodes never do
+    # (and a registry job stops a registry another build left in its root).
     produced = []
-    for sha in (sha_old, sha_new):
-        buildset = zuul.wait_buildset(sha)
+    for value, label in ((older, 'older'), (newer, 'newer')):
+        buildset = zuul.run({'zuul.d/project.yaml': PRODUCER_ONLY, 'nonce.txt': value + '\n'},
+                            f'changes ahead: {label} producer ({value})')
         buildset.assert_success('e2e-build-image')
         record = zuul.api.tget(f'/build/{buildset.build("e2e-build-image")["uuid"]}')
         artifacts = image_artifacts(record)
