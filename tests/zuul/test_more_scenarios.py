@@ -11,7 +11,7 @@ it runs (and only tags matching ^refs/tags/v.*$ trigger it afterwards).
 from __future__ import annotations
 
 import yaml
-from stack import SITE_PROJECT
+from stack import SITE_PROJECT, TEST_PROJECT
 from test_images import APP, PRODUCER_ONLY, image_artifacts, nonce, project, task_results
 
 # -- changes ahead (scenario 3) ------------------------------------------------------------------
