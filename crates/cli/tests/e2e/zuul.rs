@@ -5,6 +5,29 @@ use speculum_testkit::{Distribution, DistributionOptions, ImageSpec, IndexSpec};
 
 use crate::common::*;
 
+/// `speculum zuul pull-intermediate --json` with a vars file written to
+/// `vars`; returns its report.
+fn pull_intermediate(
+    vars: &std::path::Path,
+    br: &Reg,
+    ir: &serde_json::Value,
+    artifacts: &[serde_json::Value],
+) -> serde_json::Value {
+    let body = serde_json::json!({
+        "buildset_registry": br_json(br),
+        "intermediate_registry": ir,
+        "artifacts": artifacts,
+    });
+    std::fs::write(vars, serde_json::to_vec(&body).unwrap()).unwrap();
+    speculum_json(&[
+        "zuul",
+        "pull-intermediate",
+        "--vars",
+        vars.to_str().unwrap(),
+        "--json",
+    ])
+}
+
 fn br_json(br: &Reg) -> serde_json::Value {
     match br {
         Reg::Spec(b) => {
@@ -102,24 +125,7 @@ fn push_then_pull_intermediate() {
     let br2 = Reg::start(Kind::Speculum);
     let mut all = artifacts.clone();
     all.push(serde_json::json!({"name": "logs", "url": "https://example.invalid/logs", "metadata": {"type": "zuul_manifest"}}));
-    let pull_vars = dir.path().join("pull.json");
-    std::fs::write(
-        &pull_vars,
-        serde_json::to_vec(&serde_json::json!({
-            "buildset_registry": br_json(&br2),
-            "intermediate_registry": ir_json,
-            "artifacts": all,
-        }))
-        .unwrap(),
-    )
-    .unwrap();
-    let report = speculum_json(&[
-        "zuul",
-        "pull-intermediate",
-        "--vars",
-        pull_vars.to_str().unwrap(),
-        "--json",
-    ]);
+    let report = pull_intermediate(&dir.path().join("pull.json"), &br2, &ir_json, &all);
     assert_eq!(report["copies"].as_array().unwrap().len(), 3, "{report}");
     assert_eq!(digest_of(&br2, "org/app:latest"), idx.index.to_string());
     assert_eq!(
@@ -203,24 +209,12 @@ fn pull_intermediate_nearest_change_wins() {
     };
     for trial in 0..TRIALS {
         let br = Reg::start(Kind::Speculum);
-        let vars = dir.path().join(format!("pull-{trial}.json"));
-        std::fs::write(
-            &vars,
-            serde_json::to_vec(&serde_json::json!({
-                "buildset_registry": br_json(&br),
-                "intermediate_registry": ir_info,
-                "artifacts": [artifact(farthest_build), artifact(nearest_build)],
-            }))
-            .unwrap(),
-        )
-        .unwrap();
-        let report = speculum_json(&[
-            "zuul",
-            "pull-intermediate",
-            "--vars",
-            vars.to_str().unwrap(),
-            "--json",
-        ]);
+        let report = pull_intermediate(
+            &dir.path().join(format!("pull-{trial}.json")),
+            &br,
+            &ir_info,
+            &[artifact(farthest_build), artifact(nearest_build)],
+        );
         assert_eq!(
             digest_of(&br, "org/app:latest"),
             nearest.manifest.to_string(),
