@@ -123,3 +123,30 @@ def test_intermediate_registry_method_uploads_nothing(ansible):
     assert 'Nothing is uploaded: promote_container_image_method is intermediate-registry' in output
     assert 'changed=0' in output
     assert 'failed=0' in output
+
+
+def test_promote_without_a_change_takes_the_upload_pipelines_tags(ansible, tmp_path, reference_registry):
+    # A tag or branch push has no change: the upload in `gate` pushed gate_<tag>,
+    # and the promote job, in another pipeline, promotes and cleans those.
+    conftest.require_tools('skopeo')
+    hub = reference_registry
+    ansible.secrets.append(hub['password'])
+    repo = f'{hub["addr"]}/org/nochange'
+    creds = f'{hub["username"]}:{hub["password"]}'
+    for tag, message in (('gate_latest', 'tested'), ('promote_latest', 'wrong pipeline')):
+        layout = support.busybox_layout(tmp_path / f'layout-{tag}', message=message)
+        support.skopeo('copy', '--dest-tls-verify=false', '--dest-creds', creds,
+                       f'oci:{layout}:latest', f'docker://{repo}:{tag}')
+    zuul = ansible.zuul_vars(pipeline='promote')
+    del zuul['change'], zuul['patchset'], zuul['change_url']
+    ansible.role('promote-container-image', {
+        'container_images': [{'repository': repo, 'tags': ['latest']}],
+        'container_registry_credentials': {hub['addr']: {'username': hub['username'], 'password': hub['password'],
+                                                         'insecure': True}},
+        'promote_container_image_pipeline': 'gate',
+    }, extra_vars={'zuul': zuul})
+
+    def digest(tag):
+        proc = support.skopeo('inspect', '--tls-verify=false', '--creds', creds, f'docker://{repo}:{tag}')
+        return json.loads(proc.stdout)['Digest']
+    assert digest('latest') == digest('gate_latest') != digest('promote_latest')
