@@ -104,3 +104,16 @@ def test_containerfile_only_project_with_siblings_and_relative_src_dir(
     inspected = support.skopeo('inspect', '--cert-dir', str(buildset_registry['certs']),
                                f'docker://localhost:{registry["port"]}/quay.io/speculative/sibling:latest')
     assert len(json.loads(inspected.stdout)['Layers']) == 2
+
+
+def test_a_registry_with_a_port_fails_before_building(ansible, tmp_path):
+    """<buildset registry>/host:5000/app is no valid reference: say so, instead of a builder's parse error."""
+    registry = {'host': '127.0.0.1', 'port': support.closed_port(), 'username': 'zuul', 'password': 'unused',
+                'cert': ''}
+    proc = ansible.role('build-container-image', {
+        'container_command': 'buildah',
+        'container_images': [{'context': '.', 'repository': 'registry.example.org:5000/org/app'}],
+        'zuul_work_dir': str(tmp_path),
+        'buildset_registry': registry,
+    }, extra_vars={'zuul': ansible.zuul_vars()}, expect_failure=True)
+    assert 'a registry with a port cannot be mirrored by the buildset registry' in proc.stdout
