@@ -26,6 +26,12 @@ const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// How long in-flight requests get to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/1 read buffer limit, which bounds a request head: a longer head gets
+/// hyper's 431. Kept at 32 KiB so the buffer (which may grow to twice this)
+/// can never hold a request line with a URL over hyper's 64 KiB URL limit,
+/// whose automatic 414 has no body; URLs over `handlers::MAX_URL_LEN` (8 KiB)
+/// get the registry's own 414 with a spec error body instead.
+const H1_MAX_BUF: usize = 32 * 1024;
 
 /// A running server. Dropping it leaves it running until the runtime ends;
 /// call [`Server::shutdown`] to stop it cleanly.
@@ -144,6 +150,7 @@ where
         .http2()
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    builder.http1().max_buf_size(H1_MAX_BUF);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");

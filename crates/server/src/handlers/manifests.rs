@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use speculum_oci::manifest::MAX_MANIFEST_SIZE;
 use speculum_oci::{ErrorCode, ErrorKind, Reference, Tag, paths};
 
-use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, hv, read_limited};
+use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, hv, read_limited, refuse_body};
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
@@ -62,9 +62,10 @@ pub(crate) async fn put(
         .content_length()
         .is_some_and(|n| n > MAX_MANIFEST_SIZE as u64)
     {
+        refuse_body(ctx, body).await;
         return Err(too_large());
     }
-    let bytes = read_limited(body, MAX_MANIFEST_SIZE)
+    let bytes = read_limited(ctx, body, MAX_MANIFEST_SIZE)
         .await?
         .ok_or_else(too_large)?;
     let size = bytes.len() as u64;
