@@ -1,12 +1,13 @@
 //! What reaches a client on the wire, through hyper on a real listener: error
-//! bodies on 413 and 414, and a 413 that arrives even when the client writes
-//! the whole body before reading (issue 9, point 4).
+//! bodies on 413 and 414, a 413 that arrives even when the client writes the
+//! whole body before reading, and a shutdown that does not wait for idle or
+//! stalled connections (issue 9, points 4 and 5).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use speculum_oci::media_type;
@@ -196,4 +197,95 @@ async fn long_urls_get_414_with_an_error_body() {
     .await
     .unwrap();
     server.shutdown().await;
+}
+
+/// Open keep-alive connections that sit idle after one request each, and
+/// connections that never sent anything.
+fn open_idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut open = Vec::new();
+    for i in 0..n {
+        let mut stream = connect(addr);
+        if i % 2 == 0 {
+            stream
+                .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_answer(&mut stream).unwrap().status, 200);
+        }
+        open.push(stream);
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_do_not_delay_shutdown() {
+    let server = start().await;
+    let addr = server.local_addr();
+    let idle = tokio::task::spawn_blocking(move || open_idle_connections(addr, 20))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    server.shutdown().await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+    tokio::task::spawn_blocking(move || idle.into_iter().for_each(assert_closed))
+        .await
+        .unwrap();
+}
+
+/// The server closed `stream` (EOF or reset, after at most an error answer),
+/// rather than leaving it open.
+fn assert_closed(mut stream: TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the connection is still open")
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_requests_are_cut_after_a_short_drain() {
+    let server = start().await;
+    let addr = server.local_addr();
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut open = open_idle_connections(addr, 4);
+        // Half a request head, never finished.
+        let mut head = connect(addr);
+        head.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .unwrap();
+        open.push(head);
+        // A blob upload whose body stops halfway.
+        let mut body = connect(addr);
+        body.write_all(
+            b"POST /v2/slow/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000 HTTP/1.1\r\n\
+              Host: x\r\nContent-Length: 1000000\r\n\r\npartial",
+        )
+        .unwrap();
+        open.push(body);
+        open
+    })
+    .await
+    .unwrap();
+    // Let the server start on the stalled requests.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    server.shutdown().await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    tokio::task::spawn_blocking(move || stalled.into_iter().for_each(assert_closed))
+        .await
+        .unwrap();
 }
