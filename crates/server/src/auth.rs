@@ -658,7 +658,7 @@ impl AuthPolicy {
                 return Err(login_refused("HTTP Basic credentials required"));
             }
             Presented::None => {
-                if requested.is_empty() {
+                if requested.is_empty() && !self.anonymous_pull() {
                     // A login probe: only valid credentials pass.
                     return Err(login_refused("authentication required"));
                 }
@@ -669,7 +669,13 @@ impl AuthPolicy {
             .iter()
             .filter_map(|r| r.grant(access, self.anonymous_pull()))
             .collect();
-        if access.is_none() && grants.is_empty() {
+        // No credentials and no scope while anonymous read is on is what
+        // podman's anonymous `search` sends before reading the catalog: it
+        // gets a token that grants nothing, as distribution's token servers
+        // answer. Anonymous requests for scopes of which nothing is granted
+        // still get 401, so that clients send their credentials.
+        let anonymous_probe = requested.is_empty() && access.is_none();
+        if access.is_none() && grants.is_empty() && !anonymous_probe {
             return Err(login_refused("authentication required"));
         }
         let now = SystemTime::now();
@@ -933,9 +939,20 @@ mod tests {
     async fn token_flow() {
         let p = AuthPolicy::buildset("zuul", "pw");
         let none = HeaderMap::new();
-        // Login probe without credentials: refused.
+        // No credentials and no scope (podman's anonymous `search`): a token
+        // that grants nothing, since anonymous read is on.
+        let t = p.issue_token(&none, &[]).await.unwrap();
+        let claims = p.key.verify(&t.token, SystemTime::now()).unwrap();
+        assert_eq!(claims.sub, "");
+        assert!(claims.access.is_empty());
+        assert!(
+            p.authorize(&bearer(&t.token), REPO, Action::Push)
+                .await
+                .is_err()
+        );
+        // Wrong credentials and no scope: a failed login stays refused.
         assert_eq!(
-            p.issue_token(&none, &[])
+            p.issue_token(&basic("zuul", "bad"), &[])
                 .await
                 .unwrap_err()
                 .status()
@@ -1028,6 +1045,8 @@ mod tests {
         let none = HeaderMap::new();
         let pull = vec!["repository:a/b:pull".to_string()];
         assert!(p.issue_token(&none, &pull).await.is_err());
+        // Without anonymous read, no scope and no credentials is refused.
+        assert!(p.issue_token(&none, &[]).await.is_err());
         assert!(p.issue_token(&basic("x", "y"), &pull).await.is_err());
         assert!(p.issue_token(&basic("r", "rpw"), &pull).await.is_ok());
     }

@@ -155,17 +155,11 @@ async fn anonymous_probe_gets_a_bearer_challenge() {
 #[tokio::test]
 async fn docker_login_probe() {
     let (app, _) = make_app(true);
-    // No credentials and no scope: what `docker login` sends first.
-    let r = token(
-        &app,
-        "service=speculum&account=writer&client_id=docker",
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 401);
-    assert_eq!(r.code(), "UNAUTHORIZED");
+    // `docker login` sends its credentials with the first token request; a
+    // wrong password is refused.
     let r = token(&app, "service=speculum", Some(&basic("writer", "bad"))).await;
     assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "UNAUTHORIZED");
     // Valid credentials: a token without access, accepted by /v2/.
     let r = token(
         &app,
@@ -188,6 +182,29 @@ async fn docker_login_probe() {
     );
     // The login token grants nothing else.
     assert_eq!(push_blob(&app, "a/b", Some(&bearer(t))).await.status, 401);
+}
+
+/// Issue 9: podman's anonymous `search` asks for a token with neither
+/// credentials nor scope. With anonymous read on it gets one that grants
+/// nothing (and the catalog is then read anonymously); without, 401.
+#[tokio::test]
+async fn anonymous_token_without_scope() {
+    let (app, policy) = make_app(true);
+    let r = token(&app, "service=speculum", None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let t = r.json()["token"].as_str().unwrap().to_string();
+    let claims = policy.token_key().verify(&t, SystemTime::now()).unwrap();
+    assert_eq!(claims.sub, "");
+    assert!(claims.access.is_empty(), "{:?}", claims.access);
+    let catalog = send(&app, "GET", "/v2/_catalog", Some(&bearer(&t)), Vec::new()).await;
+    assert_eq!(catalog.status, 200);
+    // The token grants no push.
+    assert_eq!(push_blob(&app, "a/b", Some(&bearer(&t))).await.status, 401);
+
+    let (closed, _) = make_app(false);
+    let r = token(&closed, "service=speculum", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "UNAUTHORIZED");
 }
 
 #[tokio::test]
