@@ -676,6 +676,71 @@ fn docker_logs_in_pushes_and_pulls_anonymously() {
     serve.stop();
 }
 
+/// Issue 9: a read-only user's `docker push` fails at once. The 403 carries
+/// a `detail`; without one, Docker's client did not take the refusal as
+/// final and retried for about 50 s.
+#[test]
+fn docker_push_by_a_read_user_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls(dir.path());
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  tls-cert: {}\n  tls-key: {}\n  \
+             users: [{{name: writer, pass: writer-pw, access: write}}, \
+             {{name: reader, pass: reader-pw, access: read}}]\n  \
+             storage: {{driver: filesystem, root: data}}\n",
+            tls.cert.display(),
+            tls.key.display()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, port, &[]);
+    let img = ImageSpec::new(&[40_000])
+        .busybox(true)
+        .format(ImageFormat::DockerV2S2)
+        .seed(9)
+        .write_layout(&dir.path().join("busybox"), "v1");
+    let out = push(
+        &img.oci_ref(),
+        &serve.docker_ref("myorg/app:v1"),
+        Some("writer:writer-pw"),
+        Some(&tls.cert_dir),
+    );
+    assert!(out.success(), "{}", out.describe());
+
+    let dockerd = Dockerd::start(DockerdOptions::new().registry_ca(&serve.host(), &tls.ca));
+    run_ok(dockerd.docker().args([
+        "login",
+        &serve.host(),
+        "--username",
+        "reader",
+        "--password",
+        "reader-pw",
+    ]));
+    let source = format!("{}/myorg/app:v1", serve.host());
+    run_ok(dockerd.docker().args(["pull", &source]));
+    let target = format!("{}/myorg/other:v1", serve.host());
+    run_ok(dockerd.docker().args(["tag", &source, &target]));
+    let start = Instant::now();
+    let push = run(dockerd.docker().args(["push", &target]), DEFAULT_TIMEOUT);
+    let took = start.elapsed();
+    assert!(!push.success(), "a read user pushed");
+    assert!(
+        push.stderr.contains("denied"),
+        "{}\n--- registry log ---\n{}",
+        push.describe(),
+        serve.log()
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "docker push took {took:?} to fail (retried a final refusal?)"
+    );
+    serve.stop();
+}
+
 /// Issue 9: SIGTERM stops `serve` within a couple of seconds, even with idle
 /// keep-alive connections, a client stuck in its request head and an upload
 /// whose body stopped coming.

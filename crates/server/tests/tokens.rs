@@ -349,6 +349,12 @@ async fn read_users_get_denied() {
     let r = push_blob(&app, "a/b", Some(&bearer(&t))).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.code(), "DENIED");
+    // Issue 9: the refusal names what was refused, so Docker's client treats
+    // it as final instead of retrying for about 50 s.
+    assert_eq!(
+        r.json()["errors"][0]["detail"],
+        serde_json::json!([{"Type": "repository", "Name": "a/b", "Action": "push"}])
+    );
     // Deletes too.
     let r = send(
         &app,
@@ -359,6 +365,10 @@ async fn read_users_get_denied() {
     )
     .await;
     assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["errors"][0]["detail"][0]["Action"],
+        serde_json::json!("delete")
+    );
     // The read user pulls.
     let r = send(
         &app,
