@@ -214,7 +214,8 @@ impl Resource<'_> {
 struct UserDb {
     users: Vec<User>,
     /// A bcrypt hash checked for unknown users (and beside plain users) so
-    /// that every check costs one bcrypt run when any bcrypt user exists.
+    /// that every check costs one bcrypt run when any bcrypt user exists; at
+    /// the highest configured cost.
     dummy_bcrypt: Option<String>,
     /// Compared for unknown users when no bcrypt user exists.
     dummy_plain: [u8; 32],
@@ -225,10 +226,17 @@ struct UserDb {
 
 impl UserDb {
     fn new(users: Vec<User>) -> UserDb {
-        let cost = users.iter().find_map(|u| match &u.secret {
-            Secret::Bcrypt(h) => Some(bcrypt_cost(h).unwrap_or(DUMMY_COST)),
-            Secret::Plain(_) => None,
-        });
+        // The highest cost configured: with mixed costs, a dummy at the first
+        // entry's cost let unknown names answer many times faster than the
+        // slow users, telling which names exist. Made once, here: hashing at
+        // a high cost takes long.
+        let cost = users
+            .iter()
+            .filter_map(|u| match &u.secret {
+                Secret::Bcrypt(h) => Some(bcrypt_cost(h).unwrap_or(DUMMY_COST)),
+                Secret::Plain(_) => None,
+            })
+            .max();
         let dummy_bcrypt = cost.and_then(|cost| {
             let password = hex::encode(rand::random::<[u8; 16]>());
             match bcrypt::hash(password, cost) {
@@ -1090,6 +1098,25 @@ mod tests {
         assert!(db.verify("a", "bad").is_none());
         assert!(db.verify("nobody", "pw").is_none());
         assert_eq!(db.verify("p", "ppw").map(User::name), Some("p"));
+    }
+
+    /// Issue 9: with mixed costs the dummy hash of unknown users takes the
+    /// highest, not the first entry's.
+    #[test]
+    fn dummy_hash_takes_the_highest_cost() {
+        let low = bcrypt::hash("pw", 4).unwrap();
+        let high = bcrypt::hash("pw", 6).unwrap();
+        let db = UserDb::new(vec![
+            User::bcrypt("low", &low, Access::Read).unwrap(),
+            User::bcrypt("high", &high, Access::Write).unwrap(),
+            User::plain("p", "ppw", Access::Read),
+        ]);
+        let dummy = db.dummy_bcrypt.as_deref().unwrap();
+        assert_eq!(bcrypt_cost(dummy), Some(6));
+        let db = UserDb::new(vec![User::bcrypt("high", &high, Access::Write).unwrap()]);
+        assert_eq!(bcrypt_cost(db.dummy_bcrypt.as_deref().unwrap()), Some(6));
+        let db = UserDb::new(vec![User::plain("p", "ppw", Access::Read)]);
+        assert!(db.dummy_bcrypt.is_none());
     }
 
     #[test]

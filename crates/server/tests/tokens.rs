@@ -506,3 +506,46 @@ async fn health_and_metrics() {
         404
     );
 }
+
+/// Issue 9: the dummy hash checked for unknown users has the highest cost
+/// configured, so with mixed costs an unknown name is not answered much
+/// faster than the slow users (which would tell which names exist).
+#[tokio::test]
+async fn unknown_users_take_as_long_as_the_slowest_bcrypt_user() {
+    let hash = |cost| {
+        bcrypt::hash("pw", cost)
+            .unwrap()
+            .replacen("$2b$", "$2y$", 1)
+    };
+    let policy = AuthPolicy::with_users(
+        vec![
+            User::bcrypt("fast", &hash(4), Access::Write).unwrap(),
+            User::bcrypt("slow", &hash(11), Access::Write).unwrap(),
+        ],
+        false,
+    );
+    let app = router(AppState::new(Registry::memory(), policy));
+    let time = |user: &'static str| {
+        let app = app.clone();
+        async move {
+            let start = std::time::Instant::now();
+            let r = send(&app, "GET", "/v2/", Some(&basic(user, "wrong")), Vec::new()).await;
+            assert_eq!(r.status, 401);
+            start.elapsed()
+        }
+    };
+    // Warm up, then take the best of three of each (the machine is shared).
+    time("slow").await;
+    let mut slow = Duration::MAX;
+    let mut unknown = Duration::MAX;
+    for _ in 0..3 {
+        slow = slow.min(time("slow").await);
+        unknown = unknown.min(time("nobody").await);
+    }
+    // Cost 11 is 128 times cost 4: at the first entry's cost an unknown
+    // name took about 1% of the slow user's time.
+    assert!(
+        unknown * 3 >= slow,
+        "unknown user {unknown:?}, slow user {slow:?}"
+    );
+}
