@@ -45,9 +45,8 @@ impl Error {
         match self.kind {
             ErrorKind::Digest => ErrorCode::DigestInvalid,
             ErrorKind::Name => ErrorCode::NameInvalid,
-            ErrorKind::Tag | ErrorKind::Manifest | ErrorKind::MediaType => {
-                ErrorCode::ManifestInvalid
-            }
+            ErrorKind::Tag => ErrorCode::TagInvalid,
+            ErrorKind::Manifest | ErrorKind::MediaType => ErrorCode::ManifestInvalid,
         }
     }
 }
@@ -77,6 +76,9 @@ pub enum ErrorCode {
     NameUnknown,
     /// Provided length did not match content length.
     SizeInvalid,
+    /// A tag that does not match the tag grammar (distribution's code, kept
+    /// by the spec's error table for manifest pushes).
+    TagInvalid,
     /// Authentication required.
     Unauthorized,
     /// Requested access to the resource is denied.
@@ -105,6 +107,7 @@ impl ErrorCode {
             ErrorCode::NameInvalid => "NAME_INVALID",
             ErrorCode::NameUnknown => "NAME_UNKNOWN",
             ErrorCode::SizeInvalid => "SIZE_INVALID",
+            ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
@@ -126,7 +129,8 @@ impl ErrorCode {
             | ErrorCode::ManifestBlobUnknown
             | ErrorCode::ManifestInvalid
             | ErrorCode::NameInvalid
-            | ErrorCode::SizeInvalid => 400,
+            | ErrorCode::SizeInvalid
+            | ErrorCode::TagInvalid => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::Unsupported => 405,
@@ -151,6 +155,7 @@ impl ErrorCode {
             ErrorCode::NameInvalid => "invalid repository name",
             ErrorCode::NameUnknown => "repository name not known to registry",
             ErrorCode::SizeInvalid => "provided length did not match content length",
+            ErrorCode::TagInvalid => "invalid tag",
             ErrorCode::Unauthorized => "authentication required",
             ErrorCode::Denied => "requested access to the resource is denied",
             ErrorCode::Unsupported => "the operation is unsupported",

@@ -676,6 +676,145 @@ fn docker_logs_in_pushes_and_pulls_anonymously() {
     serve.stop();
 }
 
+/// Issue 9: a read-only user's `docker push` fails at once. The 403 carries
+/// a `detail`; without one, Docker's client did not take the refusal as
+/// final and retried for about 50 s.
+#[test]
+fn docker_push_by_a_read_user_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = make_tls(dir.path());
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  tls-cert: {}\n  tls-key: {}\n  \
+             users: [{{name: writer, pass: writer-pw, access: write}}, \
+             {{name: reader, pass: reader-pw, access: read}}]\n  \
+             storage: {{driver: filesystem, root: data}}\n",
+            tls.cert.display(),
+            tls.key.display()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, port, &[]);
+    let img = ImageSpec::new(&[40_000])
+        .busybox(true)
+        .format(ImageFormat::DockerV2S2)
+        .seed(9)
+        .write_layout(&dir.path().join("busybox"), "v1");
+    let out = push(
+        &img.oci_ref(),
+        &serve.docker_ref("myorg/app:v1"),
+        Some("writer:writer-pw"),
+        Some(&tls.cert_dir),
+    );
+    assert!(out.success(), "{}", out.describe());
+
+    let dockerd = Dockerd::start(DockerdOptions::new().registry_ca(&serve.host(), &tls.ca));
+    run_ok(dockerd.docker().args([
+        "login",
+        &serve.host(),
+        "--username",
+        "reader",
+        "--password",
+        "reader-pw",
+    ]));
+    let source = format!("{}/myorg/app:v1", serve.host());
+    run_ok(dockerd.docker().args(["pull", &source]));
+    let target = format!("{}/myorg/other:v1", serve.host());
+    run_ok(dockerd.docker().args(["tag", &source, &target]));
+    let start = Instant::now();
+    let push = run(dockerd.docker().args(["push", &target]), DEFAULT_TIMEOUT);
+    let took = start.elapsed();
+    assert!(!push.success(), "a read user pushed");
+    assert!(
+        push.stderr.contains("denied"),
+        "{}\n--- registry log ---\n{}",
+        push.describe(),
+        serve.log()
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "docker push took {took:?} to fail (retried a final refusal?)"
+    );
+    serve.stop();
+}
+
+/// Issue 9: SIGTERM stops `serve` within a couple of seconds, even with idle
+/// keep-alive connections, a client stuck in its request head and an upload
+/// whose body stopped coming.
+#[test]
+fn sigterm_with_open_connections_stops_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+             users: [{{name: zuul, pass: pw, access: write}}]\n  \
+             storage: {{driver: filesystem, root: data}}\n"
+        ),
+    )
+    .unwrap();
+    let mut serve = Serve::start(&config, port, &[]);
+    let mut open = Vec::new();
+    for i in 0..20 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if i % 2 == 0 {
+            // One request on a keep-alive connection, answered, then idle.
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 512];
+            let n = stream.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        }
+        open.push(stream);
+    }
+    let mut head = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    head.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    open.push(head);
+    let mut upload = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let digest = format!("sha256:{}", "0".repeat(64));
+    upload
+        .write_all(
+            format!(
+                "POST /v2/slow/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: {ZUUL_PW}\r\nContent-Length: 1000000\r\n\r\npartial"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    open.push(upload);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut child = serve.child.take().unwrap();
+    let start = Instant::now();
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no exit 10 s after SIGTERM:\n{}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    assert!(status.success(), "exit {status}:\n{}", serve.log());
+    assert!(
+        took < Duration::from_secs(4),
+        "SIGTERM took {took:?} with open connections:\n{}",
+        serve.log()
+    );
+    drop(open);
+}
+
 // ---- prune beside a running serve ----------------------------------------
 
 /// `Authorization` for the user `zuul` with password `pw`.

@@ -214,7 +214,8 @@ impl Resource<'_> {
 struct UserDb {
     users: Vec<User>,
     /// A bcrypt hash checked for unknown users (and beside plain users) so
-    /// that every check costs one bcrypt run when any bcrypt user exists.
+    /// that every check costs one bcrypt run when any bcrypt user exists; at
+    /// the highest configured cost.
     dummy_bcrypt: Option<String>,
     /// Compared for unknown users when no bcrypt user exists.
     dummy_plain: [u8; 32],
@@ -225,10 +226,17 @@ struct UserDb {
 
 impl UserDb {
     fn new(users: Vec<User>) -> UserDb {
-        let cost = users.iter().find_map(|u| match &u.secret {
-            Secret::Bcrypt(h) => Some(bcrypt_cost(h).unwrap_or(DUMMY_COST)),
-            Secret::Plain(_) => None,
-        });
+        // The highest cost configured: with mixed costs, a dummy at the first
+        // entry's cost let unknown names answer many times faster than the
+        // slow users, telling which names exist. Made once, here: hashing at
+        // a high cost takes long.
+        let cost = users
+            .iter()
+            .filter_map(|u| match &u.secret {
+                Secret::Bcrypt(h) => Some(bcrypt_cost(h).unwrap_or(DUMMY_COST)),
+                Secret::Plain(_) => None,
+            })
+            .max();
         let dummy_bcrypt = cost.and_then(|cost| {
             let password = hex::encode(rand::random::<[u8; 16]>());
             match bcrypt::hash(password, cost) {
@@ -562,7 +570,7 @@ impl AuthPolicy {
         let scope = resource.scope(action);
         match self.check(headers).await {
             Checked::User(name, access) if access.allows(action) => Ok(Identity::User(name)),
-            Checked::User(..) => Err(denied()),
+            Checked::User(..) => Err(denied(resource, action)),
             Checked::Token(claims) if resource.granted_by(&claims, action) => {
                 Ok(if claims.sub.is_empty() {
                     Identity::Anonymous
@@ -576,7 +584,7 @@ impl AuthPolicy {
                 // client may fetch a token for the scope it needs.
                 let user_may = self.db.find(&claims.sub).map(|u| u.access.allows(action));
                 if user_may == Some(false) {
-                    Err(denied())
+                    Err(denied(resource, action))
                 } else {
                     Err(self.unauthorized(
                         headers,
@@ -658,7 +666,7 @@ impl AuthPolicy {
                 return Err(login_refused("HTTP Basic credentials required"));
             }
             Presented::None => {
-                if requested.is_empty() {
+                if requested.is_empty() && !self.anonymous_pull() {
                     // A login probe: only valid credentials pass.
                     return Err(login_refused("authentication required"));
                 }
@@ -669,7 +677,13 @@ impl AuthPolicy {
             .iter()
             .filter_map(|r| r.grant(access, self.anonymous_pull()))
             .collect();
-        if access.is_none() && grants.is_empty() {
+        // No credentials and no scope while anonymous read is on is what
+        // podman's anonymous `search` sends before reading the catalog: it
+        // gets a token that grants nothing, as distribution's token servers
+        // answer. Anonymous requests for scopes of which nothing is granted
+        // still get 401, so that clients send their credentials.
+        let anonymous_probe = requested.is_empty() && access.is_none();
+        if access.is_none() && grants.is_empty() && !anonymous_probe {
             return Err(login_refused("authentication required"));
         }
         let now = SystemTime::now();
@@ -696,8 +710,25 @@ impl AuthPolicy {
     }
 }
 
-fn denied() -> ApiError {
-    ApiError::new(ErrorCode::Denied).message("requested access to the resource is denied")
+/// 403 for a known user who may not do `action` on `resource`.
+///
+/// The detail names what was refused, in the shape distribution uses for
+/// its access records. It is not decoration: Docker's client turns an error
+/// that has neither detail nor a message of its own into a bare code, which
+/// its push retry logic does not recognise as final, so `docker push` by a
+/// read-only user would retry for about 50 seconds before failing.
+fn denied(resource: Resource<'_>, action: Action) -> ApiError {
+    let (kind, name) = match resource {
+        Resource::Repository { sent, .. } => ("repository", sent),
+        Resource::Catalog => ("registry", "catalog"),
+    };
+    ApiError::new(ErrorCode::Denied)
+        .message("requested access to the resource is denied")
+        .detail(serde_json::json!([{
+            "Type": kind,
+            "Name": name,
+            "Action": action.as_str(),
+        }]))
 }
 
 /// One scope of a token request.
@@ -895,6 +926,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.status().as_u16(), 403);
         assert_eq!(e.code(), "DENIED");
+        assert_eq!(
+            e.detail_value(),
+            Some(&serde_json::json!([{"Type": "repository", "Name": "a/b", "Action": "push"}]))
+        );
         let e = p
             .authorize(&HeaderMap::new(), REPO, Action::Pull)
             .await
@@ -933,9 +968,20 @@ mod tests {
     async fn token_flow() {
         let p = AuthPolicy::buildset("zuul", "pw");
         let none = HeaderMap::new();
-        // Login probe without credentials: refused.
+        // No credentials and no scope (podman's anonymous `search`): a token
+        // that grants nothing, since anonymous read is on.
+        let t = p.issue_token(&none, &[]).await.unwrap();
+        let claims = p.key.verify(&t.token, SystemTime::now()).unwrap();
+        assert_eq!(claims.sub, "");
+        assert!(claims.access.is_empty());
+        assert!(
+            p.authorize(&bearer(&t.token), REPO, Action::Push)
+                .await
+                .is_err()
+        );
+        // Wrong credentials and no scope: a failed login stays refused.
         assert_eq!(
-            p.issue_token(&none, &[])
+            p.issue_token(&basic("zuul", "bad"), &[])
                 .await
                 .unwrap_err()
                 .status()
@@ -1028,6 +1074,8 @@ mod tests {
         let none = HeaderMap::new();
         let pull = vec!["repository:a/b:pull".to_string()];
         assert!(p.issue_token(&none, &pull).await.is_err());
+        // Without anonymous read, no scope and no credentials is refused.
+        assert!(p.issue_token(&none, &[]).await.is_err());
         assert!(p.issue_token(&basic("x", "y"), &pull).await.is_err());
         assert!(p.issue_token(&basic("r", "rpw"), &pull).await.is_ok());
     }
@@ -1050,6 +1098,25 @@ mod tests {
         assert!(db.verify("a", "bad").is_none());
         assert!(db.verify("nobody", "pw").is_none());
         assert_eq!(db.verify("p", "ppw").map(User::name), Some("p"));
+    }
+
+    /// Issue 9: with mixed costs the dummy hash of unknown users takes the
+    /// highest, not the first entry's.
+    #[test]
+    fn dummy_hash_takes_the_highest_cost() {
+        let low = bcrypt::hash("pw", 4).unwrap();
+        let high = bcrypt::hash("pw", 6).unwrap();
+        let db = UserDb::new(vec![
+            User::bcrypt("low", &low, Access::Read).unwrap(),
+            User::bcrypt("high", &high, Access::Write).unwrap(),
+            User::plain("p", "ppw", Access::Read),
+        ]);
+        let dummy = db.dummy_bcrypt.as_deref().unwrap();
+        assert_eq!(bcrypt_cost(dummy), Some(6));
+        let db = UserDb::new(vec![User::bcrypt("high", &high, Access::Write).unwrap()]);
+        assert_eq!(bcrypt_cost(db.dummy_bcrypt.as_deref().unwrap()), Some(6));
+        let db = UserDb::new(vec![User::plain("p", "ppw", Access::Read)]);
+        assert!(db.dummy_bcrypt.is_none());
     }
 
     #[test]

@@ -97,6 +97,12 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         self.0.code
     }
+
+    /// The structured detail, if any.
+    #[cfg(test)]
+    pub(crate) fn detail_value(&self) -> Option<&serde_json::Value> {
+        self.0.detail.as_ref()
+    }
 }
 
 impl fmt::Display for ApiError {

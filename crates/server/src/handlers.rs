@@ -16,7 +16,7 @@ mod uploads;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
@@ -31,6 +31,7 @@ use crate::route::{Query, Repo, Route};
 /// The parts of a request that handlers read.
 pub(crate) struct Ctx {
     pub(crate) method: Method,
+    pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
     pub(crate) query: Query,
     pub(crate) state: AppState,
@@ -78,6 +79,11 @@ impl Ctx {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// Whether a body refused before it was read should be drained first.
+    fn drains_refused_body(&self) -> bool {
+        crate::drain::wanted(self.version, &self.headers)
+    }
+
     /// The declared `Content-Length`, if any.
     pub(crate) fn content_length(&self) -> Option<u64> {
         self.header(header::CONTENT_LENGTH)
@@ -92,10 +98,24 @@ fn repo_resource(repo: &Repo) -> Resource<'_> {
     }
 }
 
+/// The longest request target (path and query) answered normally; longer
+/// ones get 414 with a spec error body. No endpoint needs more (names are at
+/// most 255 bytes, tags 128), and the limit sits far below hyper's own (64
+/// KiB, see `serve`), whose 414 would carry no body.
+pub(crate) const MAX_URL_LEN: usize = 8 * 1024;
+
 /// Route a request to its handler.
 pub(crate) async fn handle(state: &AppState, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let uri: Uri = parts.uri;
+    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > MAX_URL_LEN {
+        return Err(ApiError::custom(
+            StatusCode::URI_TOO_LONG,
+            "UNSUPPORTED",
+            format!("the request URL is longer than {MAX_URL_LEN} bytes"),
+        ));
+    }
     let mut headers = parts.headers;
     // HTTP/2 requests carry the host as the URI's authority, not a header;
     // the token realm is built from it.
@@ -117,6 +137,7 @@ pub(crate) async fn handle(state: &AppState, request: Request) -> ApiResult<Resp
     };
     let ctx = Ctx {
         method: parts.method,
+        version: parts.version,
         headers,
         query: Query::from_uri(&uri)?,
         state: state.clone(),
@@ -177,8 +198,10 @@ pub(crate) fn body_stream(body: Body) -> BodyStream {
     Box::pin(body.into_data_stream().map_err(std::io::Error::other))
 }
 
-/// Read a whole body of at most `limit` bytes. `None` means it was larger.
-pub(crate) async fn read_limited(body: Body, limit: usize) -> ApiResult<Option<Bytes>> {
+/// Read a whole body of at most `limit` bytes. `None` means it was larger;
+/// the rest of it has then been drained when the request calls for it (see
+/// the `drain` module), so the client reads the refusal.
+pub(crate) async fn read_limited(ctx: &Ctx, body: Body, limit: usize) -> ApiResult<Option<Bytes>> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
@@ -187,11 +210,22 @@ pub(crate) async fn read_limited(body: Body, limit: usize) -> ApiResult<Option<B
                 .message(format!("reading the body failed: {e}"))
         })?;
         if buf.len() + chunk.len() > limit {
+            if ctx.drains_refused_body() {
+                let read = (buf.len() + chunk.len()) as u64;
+                crate::drain::discard(stream, read).await;
+            }
             return Ok(None);
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(Some(buf.freeze()))
+}
+
+/// Drain `body` (when the request calls for it) before refusing it unread.
+pub(crate) async fn refuse_body(ctx: &Ctx, body: Body) {
+    if ctx.drains_refused_body() {
+        crate::drain::discard(body.into_data_stream(), 0).await;
+    }
 }
 
 /// A header value built from text we produced (digests, paths, numbers).

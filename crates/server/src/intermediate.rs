@@ -281,7 +281,9 @@ async fn gc_loop(
             ),
             Err(e) => tracing::error!(error = %e, "garbage collection failed"),
         }
-        refresh_storage_figures(&registry, &metrics).await;
+        if !refresh_unless_stopped(&registry, &metrics, &mut stopped).await {
+            return;
+        }
     }
 }
 
@@ -291,11 +293,30 @@ async fn storage_figures_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
-        refresh_storage_figures(&registry, &metrics).await;
+        if !refresh_unless_stopped(&registry, &metrics, &mut stopped).await {
+            return;
+        }
         tokio::select! {
             _ = tokio::time::sleep(STORAGE_FIGURES_INTERVAL) => {}
             _ = stopped.changed() => return,
         }
+    }
+}
+
+/// Refresh the storage figures, giving up when the server stops: on a large
+/// store the count takes seconds, and it is only a read, so shutdown need not
+/// wait for it. `false` means stopped.
+async fn refresh_unless_stopped(
+    registry: &Registry,
+    metrics: &Metrics,
+    stopped: &mut watch::Receiver<bool>,
+) -> bool {
+    if *stopped.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = refresh_storage_figures(registry, metrics) => true,
+        _ = stopped.changed() => false,
     }
 }
 

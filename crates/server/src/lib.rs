@@ -23,6 +23,7 @@ mod auth;
 mod body;
 mod buildset;
 pub mod config;
+mod drain;
 mod error;
 mod handlers;
 mod intermediate;

@@ -13,8 +13,6 @@
 //! A name that already starts with the namespace (containerd configured with
 //! `override_path` and a `/v2/quay.io` path prefix) is not prefixed twice.
 
-use std::collections::HashMap;
-
 use axum::http::{StatusCode, Uri};
 use speculum_oci::{ErrorCode, RepositoryName};
 
@@ -100,9 +98,11 @@ pub(crate) fn label(path: &str) -> &'static str {
     }
 }
 
-/// The query parameters of a request (the last value wins).
+/// The query parameters of a request: [`Query::get`] gives the last value
+/// of a key, [`Query::all`] every value in order (a manifest push takes
+/// several `tag`s).
 #[derive(Debug, Default)]
-pub(crate) struct Query(HashMap<String, String>);
+pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
     /// Parse the query string of `uri`; a malformed one is a client error.
@@ -119,12 +119,24 @@ impl Query {
                     "malformed query string",
                 )
             })?;
-        Ok(Query(pairs.into_iter().collect()))
+        Ok(Query(pairs))
     }
 
-    /// The value of `key`, if given.
+    /// The value of `key`, if given (the last one when repeated).
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key`, in the order given.
+    pub(crate) fn all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -1,5 +1,14 @@
 //! Serving the application on a listener, over TLS or plain HTTP, with
 //! graceful shutdown.
+//!
+//! Shutdown is bounded: it must finish within a couple of seconds even with
+//! many connections open, because service managers send SIGKILL soon after
+//! SIGTERM, and a restart should not wait for idle clients. Idle keep-alive
+//! connections are closed at once (hyper closes an idle HTTP/1 connection
+//! when told to shut down; HTTP/2 ones get a GOAWAY); requests in flight get
+//! `DRAIN_TIMEOUT` to finish; whatever is still open then (a stalled
+//! download, a client trickling a request head or body) is cut. A request
+//! cut that way was never acknowledged, so the client retries it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +23,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
@@ -25,7 +34,13 @@ const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 /// HTTP/2 flow-control window per connection.
 const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// How long in-flight requests get to finish on shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/1 read buffer limit, which bounds a request head: a longer head gets
+/// hyper's 431. Kept at 32 KiB so the buffer (which may grow to twice this)
+/// can never hold a request line with a URL over hyper's 64 KiB URL limit,
+/// whose automatic 414 has no body; URLs over `handlers::MAX_URL_LEN` (8 KiB)
+/// get the registry's own 414 with a spec error body instead.
+const H1_MAX_BUF: usize = 32 * 1024;
 
 /// A running server. Dropping it leaves it running until the runtime ends;
 /// call [`Server::shutdown`] to stop it cleanly.
@@ -78,7 +93,11 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     let (conn_stop, _) = watch::channel(());
+    // Every connection's task, so the ones still open after the drain can be
+    // cut (finished ones are reaped as new ones come).
+    let mut connections = JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -96,7 +115,7 @@ async fn accept_loop(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         let mut conn_stopped = conn_stop.subscribe();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match tls {
                 Some(acceptor) => {
                     let handshake = tokio::select! {
@@ -119,8 +138,12 @@ async fn accept_loop(
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the drain timeout; closing them");
+        tracing::warn!(
+            open = connections.len(),
+            "connections still busy after the drain timeout; closing them"
+        );
     }
+    connections.shutdown().await;
 }
 
 async fn serve_connection<S>(stream: S, app: Router, watcher: hyper_util::server::graceful::Watcher)
@@ -144,6 +167,7 @@ where
         .http2()
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    builder.http1().max_buf_size(H1_MAX_BUF);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");

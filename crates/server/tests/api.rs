@@ -830,6 +830,107 @@ async fn manifest_errors(f: Fixture) {
     }
 }
 
+/// Issue 9: a reference that is not a valid tag (nor a digest) names no
+/// manifest on GET/HEAD (404, as the conformance tests expect), but is a
+/// client error on PUT and DELETE (400 TAG_INVALID).
+async fn invalid_tag_references(f: Fixture) {
+    let m = f.image("inv", "v1", "inv").await;
+    let long = "a".repeat(129);
+    for bad in [".INVALID_MANIFEST_NAME", "-x", long.as_str(), "a%2Fb"] {
+        let uri = format!("/v2/inv/manifests/{bad}");
+        f.get(&uri).await.expect_error(404, "MANIFEST_UNKNOWN");
+        let r = f.anon("HEAD", &uri, &[], Body::empty()).await;
+        r.expect(404);
+        assert!(r.body.is_empty());
+        f.manifest("inv", bad, media_type::OCI_MANIFEST, &m)
+            .await
+            .expect_error(400, "TAG_INVALID");
+        f.send("DELETE", &uri, &[], Body::empty())
+            .await
+            .expect_error(400, "TAG_INVALID");
+    }
+    // A malformed digest stays DIGEST_INVALID.
+    f.get("/v2/inv/manifests/sha256:1234")
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    assert_eq!(
+        f.get("/v2/inv/tags/list").await.expect(200).json()["tags"],
+        json!(["v1"])
+    );
+}
+
+/// Issue 9: `PUT .../manifests/<digest>?tag=a&tag=b` stores the manifest,
+/// points each tag at it and answers `OCI-Tag: a, b`; one invalid tag
+/// refuses the whole push.
+async fn push_by_digest_with_tags(f: Fixture) {
+    let m = f.image("pt", "seed", "pt").await;
+    let digest = Digest::sha256(&m);
+    let other = {
+        let cfg = b"{\"os\":\"other\"}";
+        let c = f.blob("pt", cfg).await;
+        oci_manifest(&c, cfg.len(), &[])
+    };
+    let od = Digest::sha256(&other);
+    // One invalid tag among valid ones: nothing stored, no tag moved.
+    let r = f
+        .manifest(
+            "pt",
+            &format!("{od}?tag=good&tag=-bad"),
+            media_type::OCI_MANIFEST,
+            &other,
+        )
+        .await;
+    r.expect_error(400, "TAG_INVALID");
+    f.get(&format!("/v2/pt/manifests/{od}"))
+        .await
+        .expect_error(404, "MANIFEST_UNKNOWN");
+    f.get("/v2/pt/manifests/good")
+        .await
+        .expect_error(404, "MANIFEST_UNKNOWN");
+    // Valid tags (one repeated): stored, tagged, listed once each.
+    let r = f
+        .manifest(
+            "pt",
+            &format!("{digest}?tag=a&tag=b&tag=a"),
+            media_type::OCI_MANIFEST,
+            &m,
+        )
+        .await;
+    r.expect(201);
+    assert_eq!(r.header("oci-tag"), Some("a, b"));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    for tag in ["a", "b"] {
+        let r = f.get(&format!("/v2/pt/manifests/{tag}")).await;
+        r.expect(200);
+        assert_eq!(r.body, m);
+    }
+    assert_eq!(
+        f.get("/v2/pt/tags/list").await.expect(200).json()["tags"],
+        json!(["a", "b", "seed"])
+    );
+    // Tags move: `a` now names the other manifest.
+    let r = f
+        .manifest(
+            "pt",
+            &format!("{od}?tag=a"),
+            media_type::OCI_MANIFEST,
+            &other,
+        )
+        .await;
+    r.expect(201);
+    assert_eq!(r.header("oci-tag"), Some("a"));
+    assert_eq!(f.get("/v2/pt/manifests/a").await.expect(200).body, other);
+    // Without `tag` parameters, no header.
+    let r = f
+        .manifest("pt", &od.to_string(), media_type::OCI_MANIFEST, &other)
+        .await;
+    r.expect(201);
+    assert!(r.header("oci-tag").is_none());
+}
+
 async fn tag_repush_other_format(f: Fixture) {
     let cfg = b"{\"os\":\"linux\"}";
     let c = f.blob("t", cfg).await;
@@ -1276,6 +1377,8 @@ backend_tests!(
     manifest_types,
     manifest_errors,
     tag_repush_other_format,
+    invalid_tag_references,
+    push_by_digest_with_tags,
     delete_manifests,
     referrers,
     pagination,

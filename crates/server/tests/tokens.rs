@@ -155,17 +155,11 @@ async fn anonymous_probe_gets_a_bearer_challenge() {
 #[tokio::test]
 async fn docker_login_probe() {
     let (app, _) = make_app(true);
-    // No credentials and no scope: what `docker login` sends first.
-    let r = token(
-        &app,
-        "service=speculum&account=writer&client_id=docker",
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 401);
-    assert_eq!(r.code(), "UNAUTHORIZED");
+    // `docker login` sends its credentials with the first token request; a
+    // wrong password is refused.
     let r = token(&app, "service=speculum", Some(&basic("writer", "bad"))).await;
     assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "UNAUTHORIZED");
     // Valid credentials: a token without access, accepted by /v2/.
     let r = token(
         &app,
@@ -188,6 +182,29 @@ async fn docker_login_probe() {
     );
     // The login token grants nothing else.
     assert_eq!(push_blob(&app, "a/b", Some(&bearer(t))).await.status, 401);
+}
+
+/// Issue 9: podman's anonymous `search` asks for a token with neither
+/// credentials nor scope. With anonymous read on it gets one that grants
+/// nothing (and the catalog is then read anonymously); without, 401.
+#[tokio::test]
+async fn anonymous_token_without_scope() {
+    let (app, policy) = make_app(true);
+    let r = token(&app, "service=speculum", None).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let t = r.json()["token"].as_str().unwrap().to_string();
+    let claims = policy.token_key().verify(&t, SystemTime::now()).unwrap();
+    assert_eq!(claims.sub, "");
+    assert!(claims.access.is_empty(), "{:?}", claims.access);
+    let catalog = send(&app, "GET", "/v2/_catalog", Some(&bearer(&t)), Vec::new()).await;
+    assert_eq!(catalog.status, 200);
+    // The token grants no push.
+    assert_eq!(push_blob(&app, "a/b", Some(&bearer(&t))).await.status, 401);
+
+    let (closed, _) = make_app(false);
+    let r = token(&closed, "service=speculum", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "UNAUTHORIZED");
 }
 
 #[tokio::test]
@@ -332,6 +349,12 @@ async fn read_users_get_denied() {
     let r = push_blob(&app, "a/b", Some(&bearer(&t))).await;
     assert_eq!(r.status, 403);
     assert_eq!(r.code(), "DENIED");
+    // Issue 9: the refusal names what was refused, so Docker's client treats
+    // it as final instead of retrying for about 50 s.
+    assert_eq!(
+        r.json()["errors"][0]["detail"],
+        serde_json::json!([{"Type": "repository", "Name": "a/b", "Action": "push"}])
+    );
     // Deletes too.
     let r = send(
         &app,
@@ -342,6 +365,10 @@ async fn read_users_get_denied() {
     )
     .await;
     assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["errors"][0]["detail"][0]["Action"],
+        serde_json::json!("delete")
+    );
     // The read user pulls.
     let r = send(
         &app,
@@ -477,5 +504,48 @@ async fn health_and_metrics() {
     assert_eq!(
         send(&off, "GET", "/metrics", None, Vec::new()).await.status,
         404
+    );
+}
+
+/// Issue 9: the dummy hash checked for unknown users has the highest cost
+/// configured, so with mixed costs an unknown name is not answered much
+/// faster than the slow users (which would tell which names exist).
+#[tokio::test]
+async fn unknown_users_take_as_long_as_the_slowest_bcrypt_user() {
+    let hash = |cost| {
+        bcrypt::hash("pw", cost)
+            .unwrap()
+            .replacen("$2b$", "$2y$", 1)
+    };
+    let policy = AuthPolicy::with_users(
+        vec![
+            User::bcrypt("fast", &hash(4), Access::Write).unwrap(),
+            User::bcrypt("slow", &hash(11), Access::Write).unwrap(),
+        ],
+        false,
+    );
+    let app = router(AppState::new(Registry::memory(), policy));
+    let time = |user: &'static str| {
+        let app = app.clone();
+        async move {
+            let start = std::time::Instant::now();
+            let r = send(&app, "GET", "/v2/", Some(&basic(user, "wrong")), Vec::new()).await;
+            assert_eq!(r.status, 401);
+            start.elapsed()
+        }
+    };
+    // Warm up, then take the best of three of each (the machine is shared).
+    time("slow").await;
+    let mut slow = Duration::MAX;
+    let mut unknown = Duration::MAX;
+    for _ in 0..3 {
+        slow = slow.min(time("slow").await);
+        unknown = unknown.min(time("nobody").await);
+    }
+    // Cost 11 is 128 times cost 4: at the first entry's cost an unknown
+    // name took about 1% of the slow user's time.
+    assert!(
+        unknown * 3 >= slow,
+        "unknown user {unknown:?}, slow user {slow:?}"
     );
 }

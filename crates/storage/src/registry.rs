@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde_json::json;
 use speculum_oci::{
-    Algorithm, Descriptor, Digest, Digester, ErrorCode, Reference, RepositoryName, manifest,
+    Algorithm, Descriptor, Digest, Digester, ErrorCode, Reference, RepositoryName, Tag, manifest,
 };
 use tokio::io::AsyncReadExt as _;
 
@@ -628,11 +628,27 @@ impl Registry {
 
     /// Store a manifest under a tag or its digest. See the crate docs for
     /// the checks made; the exact bytes and the media type are kept.
-    #[tracing::instrument(level = "debug", skip_all, fields(%repo, %reference))]
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
         reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
+        self.put_manifest_tagged(repo, reference, &[], content_type, bytes)
+            .await
+    }
+
+    /// [`Registry::put_manifest`], also pointing each of `tags` at the
+    /// manifest (a push by digest with `?tag=` parameters). The tags are
+    /// written under the same repository lock as the manifest, after every
+    /// check passed, so a refused push leaves no tag behind.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, %reference))]
+    pub async fn put_manifest_tagged(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        tags: &[Tag],
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PutManifest> {
@@ -732,7 +748,11 @@ impl Registry {
             )
             .await?;
         }
-        if let Reference::Tag(tag) = reference {
+        let named = match reference {
+            Reference::Tag(tag) => Some(tag),
+            Reference::Digest(_) => None,
+        };
+        for tag in named.into_iter().chain(tags) {
             let value = TagRecord {
                 digest: digest.clone(),
                 pushed,

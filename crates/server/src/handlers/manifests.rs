@@ -1,18 +1,44 @@
 //! `/v2/<name>/manifests/<reference>`: push, pull and delete manifests.
+//!
+//! A reference that is neither a digest nor a valid tag is a client error
+//! (400 `TAG_INVALID`) where the client names something to change (PUT,
+//! DELETE), but on GET and HEAD it names a manifest that cannot exist, which
+//! the distribution spec answers with 404 `MANIFEST_UNKNOWN` (the official
+//! conformance tests pull such a reference and expect exactly that).
 
 use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use speculum_oci::manifest::MAX_MANIFEST_SIZE;
-use speculum_oci::{ErrorCode, Reference, paths};
+use speculum_oci::{ErrorCode, ErrorKind, Reference, Tag, paths};
 
-use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, hv, read_limited};
+use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, hv, read_limited, refuse_body};
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
 
+/// The header that lists the tags a push by digest applied (`?tag=`).
+const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
+
 fn parse_reference(reference: &str) -> ApiResult<Reference> {
     Ok(reference.parse::<Reference>()?)
+}
+
+/// The `?tag=` parameters of a push by digest, each checked against the tag
+/// grammar before anything is stored. A push by tag ignores them: the
+/// parameter is defined for pushes by digest only.
+fn query_tags(ctx: &Ctx, reference: &Reference) -> ApiResult<Vec<Tag>> {
+    if matches!(reference, Reference::Tag(_)) {
+        return Ok(Vec::new());
+    }
+    let mut tags: Vec<Tag> = Vec::new();
+    for raw in ctx.query.all("tag") {
+        let tag: Tag = raw.parse()?;
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
 }
 
 fn too_large() -> ApiError {
@@ -21,7 +47,8 @@ fn too_large() -> ApiError {
 }
 
 /// `PUT /v2/<name>/manifests/<reference>`: store the exact bytes, answer 201
-/// with the digest, and `OCI-Subject` when the manifest has a subject.
+/// with the digest, `OCI-Subject` when the manifest has a subject, and
+/// `OCI-Tag` listing the tags a push by digest applied from `?tag=`.
 pub(crate) async fn put(
     ctx: &Ctx,
     repo: &Repo,
@@ -30,13 +57,15 @@ pub(crate) async fn put(
 ) -> ApiResult<Response> {
     let identity = ctx.authorize(repo, Action::Push).await?;
     let reference = parse_reference(reference)?;
+    let tags = query_tags(ctx, &reference)?;
     if ctx
         .content_length()
         .is_some_and(|n| n > MAX_MANIFEST_SIZE as u64)
     {
+        refuse_body(ctx, body).await;
         return Err(too_large());
     }
-    let bytes = read_limited(body, MAX_MANIFEST_SIZE)
+    let bytes = read_limited(ctx, body, MAX_MANIFEST_SIZE)
         .await?
         .ok_or_else(too_large)?;
     let size = bytes.len() as u64;
@@ -44,25 +73,32 @@ pub(crate) async fn put(
     let pushed = ctx
         .state
         .registry()
-        .put_manifest(&repo.stored, &reference, content_type, bytes)
+        .put_manifest_tagged(&repo.stored, &reference, &tags, content_type, bytes)
         .await?;
     let digest = pushed.digest.to_string();
-    tracing::info!(repo = %repo.stored, reference = %reference, digest, "manifest pushed");
-    let tag = match &reference {
-        Reference::Tag(tag) => Some(tag.as_str()),
-        Reference::Digest(_) => None,
+    tracing::info!(repo = %repo.stored, reference = %reference, ?tags, digest, "manifest pushed");
+    // One event per tag the push moved (webhook receivers act on tags), or
+    // one untagged event for a bare push by digest.
+    let mut event_tags: Vec<Option<&str>> = match &reference {
+        Reference::Tag(tag) => vec![Some(tag.as_str())],
+        Reference::Digest(_) => tags.iter().map(|t| Some(t.as_str())).collect(),
     };
-    ctx.state
-        .notifier()
-        .manifest_pushed(
-            ctx.origin(&identity),
-            repo.stored.as_str(),
-            tag,
-            &digest,
-            &pushed.info.media_type,
-            size,
-        )
-        .await;
+    if event_tags.is_empty() {
+        event_tags.push(None);
+    }
+    for tag in event_tags {
+        ctx.state
+            .notifier()
+            .manifest_pushed(
+                ctx.origin(&identity),
+                repo.stored.as_str(),
+                tag,
+                &digest,
+                &pushed.info.media_type,
+                size,
+            )
+            .await;
+    }
     let mut response = StatusCode::CREATED.into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -73,6 +109,10 @@ pub(crate) async fn put(
     if let Some(subject) = &pushed.info.subject {
         headers.insert(OCI_SUBJECT, hv(subject.digest.to_string())?);
     }
+    if !tags.is_empty() {
+        let list: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+        headers.insert(OCI_TAG, hv(list.join(", "))?);
+    }
     Ok(response)
 }
 
@@ -80,7 +120,13 @@ pub(crate) async fn put(
 /// that were pushed (or fetched from the namespace's upstream on a miss).
 pub(crate) async fn get(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Response> {
     ctx.authorize(repo, Action::Pull).await?;
-    let reference = parse_reference(reference)?;
+    let reference = match reference.parse::<Reference>() {
+        Ok(r) => r,
+        Err(e) if e.kind() == ErrorKind::Tag => {
+            return Err(ApiError::new(ErrorCode::ManifestUnknown).message(e.to_string()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let manifest = ctx
         .state
         .upstreams()
