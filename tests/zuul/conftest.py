@@ -90,11 +90,13 @@ class E2E:
             f'[{e.get("severity")}] {e.get("source_context")}: {e.get("error")}' for e in errors)
 
     def install_site_secret(self) -> None:
-        """Encrypt the intermediate registry's password with the site project's key, and push it."""
+        """Encrypt the registries' passwords with the site project's key, and push them."""
         key = wait_for('the site project key', lambda: self.api.tget(f'/key/{SITE_PROJECT}.pub', raw=True), 60)
-        secret = site_secret(self.stack.intermediate,
-                             stack_mod.Encrypted(stack_mod.encrypt_secret(key, self.stack.intermediate['password'])))
-        self.push_config(SITE_PROJECT, {SECRET_FILE: secret}, 'the intermediate registry secret, encrypted')
+
+        def encrypted(registry):
+            return stack_mod.Encrypted(stack_mod.encrypt_secret(key, registry['password']))
+        secret = site_secrets(self.stack, encrypted(self.stack.intermediate), encrypted(self.stack.final))
+        self.push_config(SITE_PROJECT, {SECRET_FILE: secret}, 'the registry secrets, encrypted')
 
     def push_config(self, project: str, files: dict, message: str, timeout: float = 120) -> str:
         """Push a config change and wait until the tenant was reconfigured with it."""
@@ -196,17 +198,26 @@ def source_tree(dest: Path) -> Path:
 SITE_EXAMPLE = Path('doc/examples/site-config')
 SECRET_FILE = 'zuul.d/secrets.yaml'
 SECRET_NAME = 'yoursite-intermediate-registry'
+# The final registry's credentials, in container_registry_credentials' shape
+# (tests/zuul/projects/site-config/zuul.d/e2e-final.yaml gives them to the jobs).
+FINAL_SECRET_NAME = 'e2e-final-registry'
 
 
-def site_secret(intermediate: dict, password) -> str:
-    """The intermediate registry's secret; password is a string or an encrypted value."""
-    return stack_mod.dump_yaml([{'secret': {'name': SECRET_NAME, 'data': {
-        'host': intermediate['host'], 'port': intermediate['port'], 'username': intermediate['username'],
-        'password': password, 'cert': intermediate['cert'],
-    }}}])
+def site_secrets(stack: stack_mod.Stack, intermediate_password, final_password) -> str:
+    """The site's secrets; each password is a string or an encrypted value."""
+    intermediate, final = stack.intermediate, stack.final
+    return stack_mod.dump_yaml([
+        {'secret': {'name': SECRET_NAME, 'data': {
+            'host': intermediate['host'], 'port': intermediate['port'], 'username': intermediate['username'],
+            'password': intermediate_password, 'cert': intermediate['cert'],
+        }}},
+        {'secret': {'name': FINAL_SECRET_NAME, 'data': {
+            final['name']: {'username': final['username'], 'password': final_password},
+        }}},
+    ])
 
 
-def site_config_tree(source: Path, dest: Path, intermediate: dict) -> Path:
+def site_config_tree(source: Path, dest: Path, stack: stack_mod.Stack) -> Path:
     """The site's config project: speculum's example site config plus the e2e tenant's parts.
 
     Until Zuul has made the project's key the secret holds no password; the
@@ -216,7 +227,7 @@ def site_config_tree(source: Path, dest: Path, intermediate: dict) -> Path:
     example = source / SITE_EXAMPLE
     if example.is_dir():
         shutil.copytree(example, dest, dirs_exist_ok=True)
-    (dest / SECRET_FILE).write_text(site_secret(intermediate, 'not-yet-encrypted'))
+    (dest / SECRET_FILE).write_text(site_secrets(stack, 'not-yet-encrypted', 'not-yet-encrypted'))
     return dest
 
 
@@ -228,7 +239,7 @@ def initial_projects(stack: stack_mod.Stack) -> dict:
     source = source_tree(scratch / 'speculum-src')
     mode = os.environ.get('SPECULUM_E2E_SOURCE', 'head')
     return {
-        SITE_PROJECT: {'tree': site_config_tree(source, scratch / 'site-config-src', stack.intermediate),
+        SITE_PROJECT: {'tree': site_config_tree(source, scratch / 'site-config-src', stack),
                        'message': 'e2e site configuration'},
         'zuul-jobs': {'tree': PROJECTS / 'zuul-jobs', 'message': 'stand-in zuul-jobs'},
         'speculum': {'tree': source, 'message': f'speculum at {head} ({mode})'},
@@ -285,8 +296,13 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_collection_modifyitems(items):
-    # The harness's own tests first: when they fail, nothing else can pass.
-    items.sort(key=lambda item: 0 if item.fspath.basename == 'test_stack.py' else 1)
+    # The harness's own tests first: when they fail, nothing else can pass. The password
+    # check last: it reads what every build before it left.
+    def order(item):
+        if item.fspath.basename == 'test_stack.py':
+            return 0
+        return 2 if item.name == 'test_no_registry_password_anywhere' else 1
+    items.sort(key=order)
 
 
 def pytest_configure(config):

@@ -14,7 +14,12 @@ here):
 - a stand-in for Docker Hub (Debian docker-registry on 127.0.0.1:443, with a
   certificate for registry-1.docker.io that only the node and the executor's
   jobs trust) and an intermediate registry (`speculum-registry serve`, TLS, a
-  write user, Docker Hub-style webhooks to a receiver in this process).
+  write user, Docker Hub-style webhooks to a receiver in this process);
+- a final registry, where gate jobs upload and promote jobs move tags: another
+  `speculum-registry serve`, as a site's own registry on 127.0.0.2:443 named
+  registry.example.org (a registry on another port cannot be mirrored:
+  `buildset:5000/host:port/...` is no valid reference), whose Docker Hub-style
+  webhook tells a CD system's hook (the same receiver, which checks the token).
 
 Everything it starts is recorded by PID and stopped by `Stack.stop`, also
 after a failure; every wait is bounded. Each phase's duration is recorded in
@@ -76,7 +81,13 @@ FINGER_PORT = 7900
 NODE_PORTS = (2201, 2202, 2203, 2204)
 DOCKERHUB_PORT = 443
 INTERMEDIATE_PORT = 5443
+# The final registry: a name and address of its own, so that it can have the default port.
+FINAL_NAME = 'registry.example.org'
+FINAL_ADDR = '127.0.0.2'
 WEBHOOK_PORT = 8090
+# Where the CD system of the final registry listens: a Docker Hub webhook URL
+# carries its token in the query, as seed 000's CD tool wants it.
+CD_HOOK_PATH = '/pipelines/api/docker-hub-webhooks'
 DOCKERHUB_NAMES = ('registry-1.docker.io', 'index.docker.io', 'docker.io')
 # The base image of the test project's Dockerfile, as stored on the stand-in for Docker Hub.
 BASE_IMAGE = 'speculum-e2e/base:1'
@@ -413,6 +424,15 @@ class Api:
     def tget(self, path: str, **params):
         return self.get(f'/api/tenant/{self.tenant}{path}', **params)
 
+    def post(self, path: str, body: dict, token: str) -> int:
+        """POST JSON to the tenant's API with a bearer token; returns the status."""
+        request = urllib.request.Request(f'{self.base}/api/tenant/{self.tenant}{path}', method='POST',
+                                         data=json.dumps(body).encode(),
+                                         headers={'Content-Type': 'application/json',
+                                                  'Authorization': f'Bearer {token}'})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+
     def config_errors(self) -> list:
         return self.tget('/config-errors')
 
@@ -421,13 +441,19 @@ class Api:
 
 
 class HookReceiver:
-    """Records the webhooks POSTed to it, like a CD system's hook URL (in a thread of this process)."""
+    """Records the webhooks POSTed to it, like a CD system's hook URL (in a thread of this process).
 
-    def __init__(self, port: int):
+    `tokens` maps a path to the query parameter and value a request to it
+    must carry: one without them is answered 403 and recorded as refused,
+    as a CD system drops a hook whose secure token does not match.
+    """
+
+    def __init__(self, port: int, tokens: dict[str, tuple[str, str]] | None = None):
         import http.server
         import threading
 
         received = self.received = []
+        tokens = tokens or {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
@@ -436,8 +462,13 @@ class HookReceiver:
                     payload = json.loads(body)
                 except ValueError:
                     payload = body.decode(errors='replace')
-                received.append({'path': self.path, 'headers': dict(self.headers), 'payload': payload})
-                self.send_response(200)
+                url = urllib.parse.urlsplit(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                wanted = tokens.get(url.path)
+                accepted = wanted is None or query.get(wanted[0]) == [wanted[1]]
+                received.append({'path': self.path, 'headers': dict(self.headers), 'payload': payload,
+                                 'accepted': accepted})
+                self.send_response(200 if accepted else 403)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -450,6 +481,20 @@ class HookReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def deployments(self, path: str) -> list[dict]:
+        """What a CD system reads from each accepted Docker Hub push payload sent to `path`."""
+        found = []
+        for hook in self.received:
+            payload = hook['payload']
+            if not hook['accepted'] or urllib.parse.urlsplit(hook['path']).path != path \
+                    or not isinstance(payload, dict):
+                continue
+            repository, push = payload.get('repository') or {}, payload.get('push_data') or {}
+            found.append({'owner': repository.get('owner'), 'image': repository.get('name'),
+                          'repository': repository.get('repo_name'), 'namespace': repository.get('namespace'),
+                          'tag': push.get('tag'), 'pusher': push.get('pusher')})
+        return found
 
 
 # -- the stack ---------------------------------------------------------------------------------
@@ -482,6 +527,7 @@ class Stack:
         self.node_uid = free_uid()
         self.node_mnt_ns: str | None = None
         self.intermediate = {}
+        self.final = {}
         self.hooks: HookReceiver | None = None
 
     # -- bring up ------------------------------------------------------------------------------
@@ -505,7 +551,7 @@ class Stack:
             self._postgresql()
         with self.timings.phase('node sshd'):
             self._node()
-        with self.timings.phase('stand-in Docker Hub and intermediate registry'):
+        with self.timings.phase('stand-in Docker Hub, intermediate and final registries'):
             self._registries()
         with self.timings.phase('git repositories'):
             for name, commit in projects().items():
@@ -522,6 +568,7 @@ class Stack:
         make_cert(self.certs, 'zuul')
         make_cert(self.certs, 'dockerhub', dns=DOCKERHUB_NAMES)
         make_cert(self.certs, 'intermediate')
+        make_cert(self.certs, 'final', dns=(FINAL_NAME,), ips=(FINAL_ADDR,))
         run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'zuul-executor', '-f', self.keys / 'executor'])
         for kind in ('rsa', 'ecdsa', 'ed25519'):
             size = ['-b', '2048'] if kind == 'rsa' else []
@@ -590,7 +637,7 @@ class Stack:
         listen = '\n'.join(f'ListenAddress 127.0.0.1:{port}' for port in NODE_PORTS)
         render(CONFIG / 'sshd_config.in', self.node_dir / 'sshd_config', listen=listen, node=self.node_dir,
                user=NODE_USER, uid=self.node_uid)
-        hosts = '\n'.join(f'127.0.0.1 {name}' for name in DOCKERHUB_NAMES)
+        hosts = '\n'.join([f'127.0.0.1 {name}' for name in DOCKERHUB_NAMES] + [f'{FINAL_ADDR} {FINAL_NAME}'])
         env = {
             'PATH': CLEAN_PATH, 'LANG': 'C.UTF-8',
             'NODE_DIR': str(self.node_dir), 'NODE_USER': NODE_USER, 'NODE_UID': str(self.node_uid),
@@ -638,38 +685,25 @@ class Stack:
                              'key': str(self.certs / 'dockerhub.key')}},
         }))
         self.procs.start('dockerhub', ['docker-registry', 'serve', cfg])
-        # The site's intermediate registry, and the hook its webhooks go to.
+        # The hooks of the registries' webhooks, each with its own token.
         self.webhook_token = secrets.token_urlsafe(12)
-        self.hooks = HookReceiver(WEBHOOK_PORT)
-        password = secrets.token_urlsafe(18)
-        ir = self.state / 'intermediate'
-        ir.mkdir()
-        ir_cfg = self.conf / 'intermediate.yaml'
-        ir_cfg.write_text(dump_yaml({'registry': {
-            'address': '127.0.0.1',
-            'port': INTERMEDIATE_PORT,
-            'public-url': f'https://localhost:{INTERMEDIATE_PORT}',
-            'tls-cert': str(self.certs / 'intermediate.pem'),
-            'tls-key': str(self.certs / 'intermediate.key'),
-            'secret': secrets.token_urlsafe(24),
-            'users': [{'name': 'zuul', 'pass': password, 'access': 'write'}],
-            'anonymous-read': False,
-            'storage': {'driver': 'filesystem', 'root': str(ir)},
-            # A CD system's hook, told of every push the Docker Hub way.
-            'webhooks': {'endpoints': [{
-                'name': 'cd', 'url': f'http://127.0.0.1:{WEBHOOK_PORT}/hooks/docker?token={self.webhook_token}',
-                'format': 'dockerhub', 'events': ['push'], 'max-retries': 5, 'backoff': '1s',
-            }]},
-        }}))
-        self.procs.start('intermediate', [self.bin / 'speculum-registry', 'serve', '--config', ir_cfg])
-        self.intermediate = {
-            'host': 'localhost', 'port': INTERMEDIATE_PORT, 'username': 'zuul', 'password': password,
-            'cert': (self.certs / 'ca.pem').read_text(),
-        }
-        for name, port in (('dockerhub', DOCKERHUB_PORT), ('intermediate', INTERMEDIATE_PORT)):
-            def up(name=name, port=port):
+        self.cd_token = secrets.token_urlsafe(12)
+        self.hooks = HookReceiver(WEBHOOK_PORT, tokens={'/hooks/docker': ('token', self.webhook_token),
+                                                        CD_HOOK_PATH: ('secureToken', self.cd_token)})
+        # The site's intermediate registry: a CD system's hook hears of every push the Docker Hub way.
+        self.intermediate = self._speculum_registry(
+            'intermediate', ('127.0.0.1', INTERMEDIATE_PORT), 'localhost', 'zuul',
+            f'http://127.0.0.1:{WEBHOOK_PORT}/hooks/docker?token={self.webhook_token}')
+        # The final registry: what the gate uploads to and promote tags in; its hook deploys.
+        # Its token realm is its address, which this process reaches without the name.
+        self.final = self._speculum_registry(
+            'final', (FINAL_ADDR, 443), FINAL_NAME, 'publisher',
+            f'http://127.0.0.1:{WEBHOOK_PORT}{CD_HOOK_PATH}?secureToken={self.cd_token}')
+        for name, (addr, port) in (('dockerhub', ('127.0.0.1', DOCKERHUB_PORT)),
+                                   ('intermediate', ('127.0.0.1', INTERMEDIATE_PORT)), ('final', (FINAL_ADDR, 443))):
+            def up(name=name, addr=addr, port=port):
                 self.procs.check_running(name)
-                return port_open(port)
+                return port_open(port, addr)
             wait_for(name, up, 30, diagnose=lambda name=name: log_tail(self.logs / f'{name}.log'))
         # The base image the test project builds FROM: busybox, only on the stand-in.
         self.ca_dir = self.certs / 'ca-dir'
@@ -679,28 +713,101 @@ class Stack:
         run(['skopeo', 'copy', '--quiet', '--dest-cert-dir', self.ca_dir, f'oci:{layout}:latest',
              f'docker://127.0.0.1:{DOCKERHUB_PORT}/{BASE_IMAGE}'], timeout=120)
 
-    def digest(self, reference: str, registry: str = 'intermediate') -> str:
-        """The manifest digest of repository:tag in the intermediate registry or the stand-in Docker Hub."""
-        if registry == 'intermediate':
-            ir = self.intermediate
-            where = [f'docker://localhost:{INTERMEDIATE_PORT}/{reference}', '--creds',
-                     f'{ir["username"]}:{ir["password"]}']
+    def _speculum_registry(self, name: str, listen: tuple[str, int], host: str, user: str, webhook: str) -> dict:
+        """Start `speculum-registry serve` with TLS, one write user and a Docker Hub-format webhook.
+
+        Jobs reach it as `name` (host, and the port unless it is 443); this process as `local`
+        (its address, which the certificate also names), and so does its token realm,
+        except on localhost.
+        """
+        password = secrets.token_urlsafe(18)
+        root = self.state / name
+        root.mkdir()
+        addr, port = listen
+        cfg = self.conf / f'{name}.yaml'
+        cfg.write_text(dump_yaml({'registry': {
+            'address': addr,
+            'port': port,
+            'public-url': f'https://{addr if host != "localhost" else host}:{port}',
+            'tls-cert': str(self.certs / f'{name}.pem'),
+            'tls-key': str(self.certs / f'{name}.key'),
+            'secret': secrets.token_urlsafe(24),
+            'users': [{'name': user, 'pass': password, 'access': 'write'}],
+            'anonymous-read': False,
+            'storage': {'driver': 'filesystem', 'root': str(root)},
+            'webhooks': {'endpoints': [{
+                'name': 'cd', 'url': webhook, 'format': 'dockerhub', 'events': ['push'],
+                'max-retries': 5, 'backoff': '1s',
+            }]},
+        }}))
+        self.procs.start(name, [self.bin / 'speculum-registry', 'serve', '--config', cfg])
+        return {'host': host, 'port': port, 'username': user, 'password': password,
+                'cert': (self.certs / 'ca.pem').read_text(),
+                'name': host if port == 443 else f'{host}:{port}', 'local': f'{addr}:{port}'}
+
+    def _speculum_where(self, registry: str, repository: str) -> list[str]:
+        """skopeo's arguments for a repository of the intermediate or the final registry."""
+        reg = {'intermediate': self.intermediate, 'final': self.final}[registry]
+        return [f'docker://{reg["local"]}/{repository}', '--creds', f'{reg["username"]}:{reg["password"]}']
+
+    def inspect(self, reference: str, registry: str = 'intermediate', raw: bool = False) -> dict:
+        """skopeo inspect (or, raw, the manifest) of repository:tag in the intermediate or final
+        registry, or the stand-in Docker Hub."""
+        if registry in ('intermediate', 'final'):
+            where = self._speculum_where(registry, reference)
         else:
             where = [f'docker://127.0.0.1:{DOCKERHUB_PORT}/{reference}']
-        proc = run(['skopeo', 'inspect', '--no-tags', '--cert-dir', self.ca_dir, '--format', '{{.Digest}}', *where],
-                   timeout=60)
-        return proc.stdout.strip()
+        proc = run(['skopeo', 'inspect', '--no-tags', *(['--raw'] if raw else []), '--cert-dir', self.ca_dir,
+                    *where], timeout=60)
+        return json.loads(proc.stdout)
+
+    def digest(self, reference: str, registry: str = 'intermediate') -> str:
+        """The manifest digest of repository:tag (see inspect)."""
+        return self.inspect(reference, registry)['Digest']
 
     def intermediate_tags(self, repository: str) -> list[str]:
         """The tags of a repository in the intermediate registry ([] when it has none)."""
-        ir = self.intermediate
-        proc = run(['skopeo', 'list-tags', '--cert-dir', self.ca_dir, '--creds', f'{ir["username"]}:{ir["password"]}',
-                    f'docker://localhost:{INTERMEDIATE_PORT}/{repository}'], timeout=60, check=False)
+        return self.tags(repository, 'intermediate')
+
+    def tags(self, repository: str, registry: str) -> list[str]:
+        """The tags of a repository in the intermediate or the final registry ([] when it has none)."""
+        proc = run(['skopeo', 'list-tags', '--cert-dir', self.ca_dir, *self._speculum_where(registry, repository)],
+                   timeout=60, check=False)
         if proc.returncode != 0:
             if 'name unknown' in proc.stderr.lower() or 'not found' in proc.stderr.lower():
                 return []
             raise StackError(f'skopeo list-tags failed: {proc.stderr}')
         return json.loads(proc.stdout).get('Tags') or []
+
+    def push_old_image(self, registry: str, reference: str, message: str) -> None:
+        """Push a busybox image created long ago (2026-01-01) as repository:tag to a speculum registry."""
+        layout = _role_test_support().busybox_layout(self.state / f'old-{secrets.token_hex(4)}', message=message)
+        reg = {'intermediate': self.intermediate, 'final': self.final}[registry]
+        run(['skopeo', 'copy', '--quiet', '--dest-cert-dir', self.ca_dir, '--dest-creds',
+             f'{reg["username"]}:{reg["password"]}', f'oci:{layout}:latest',
+             f'docker://{reg["local"]}/{reference}'], timeout=120)
+
+    def metrics(self, registry: str) -> dict:
+        """A speculum registry's /metrics: `requests` by (route, method), and `bytes_in`, `bytes_out`."""
+        reg = {'intermediate': self.intermediate, 'final': self.final}[registry]
+        request = urllib.request.Request(f'https://{reg["local"]}/metrics')
+        auth = base64.b64encode(f'{reg["username"]}:{reg["password"]}'.encode()).decode()
+        request.add_header('Authorization', f'Basic {auth}')
+        context = ssl.create_default_context(cafile=str(self.certs / 'ca.pem'))
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            text = response.read().decode()
+        found = {'requests': {}, 'bytes_in': 0, 'bytes_out': 0}
+        for line in text.splitlines():
+            if line.startswith('speculum_http_request_bytes_total '):
+                found['bytes_in'] = int(float(line.split()[-1]))
+            elif line.startswith('speculum_http_response_bytes_total '):
+                found['bytes_out'] = int(float(line.split()[-1]))
+            elif line.startswith('speculum_http_requests_total{'):
+                labels, value = line[len('speculum_http_requests_total{'):].rsplit('} ', 1)
+                fields = dict(part.split('=', 1) for part in labels.split(','))
+                key = (fields['route'].strip('"'), fields['method'].strip('"'))
+                found['requests'][key] = found['requests'].get(key, 0) + int(float(value))
+        return found
 
     def _zuul(self) -> None:
         # What jobs on the executor see besides /usr and the job dir: Zuul's venv and Ansible,
@@ -711,14 +818,16 @@ class Stack:
         bundle.write_text(Path('/etc/ssl/certs/ca-certificates.crt').read_text() + (self.certs / 'ca.pem').read_text())
         hosts = self.conf / 'executor-hosts'
         hosts.write_text(Path('/etc/hosts').read_text().rstrip('\n') + '\n'
-                         + ''.join(f'127.0.0.1 {name}\n' for name in DOCKERHUB_NAMES))
+                         + ''.join(f'127.0.0.1 {name}\n' for name in DOCKERHUB_NAMES)
+                         + f'{FINAL_ADDR} {FINAL_NAME}\n')
         ro_paths = ':'.join([str(E2E_ROOT), str(self.bin), str(trust)])
         render(CONFIG / 'main.yaml.in', self.conf / 'main.yaml', tenant=TENANT, site_project=SITE_PROJECT,
                test_project=TEST_PROJECT)
         render(CONFIG / 'zuul.conf.in', self.zuul_conf, zk_port=ZK_PORT, certs=self.certs,
                keystore_password=secrets.token_hex(16), pg_port=PG_PORT, conf=self.conf, state=self.state,
                run=self.runtime, web_port=WEB_PORT, e2e_root=E2E_ROOT, keys=self.keys,
-               finger_port=FINGER_PORT, ro_paths=ro_paths, git=self.git.root, job_dir=self.job_dir)
+               finger_port=FINGER_PORT, ro_paths=ro_paths, git=self.git.root, job_dir=self.job_dir,
+               auth_secret=secrets.token_hex(24))
         home = self.scratch / 'home'
         home.mkdir(exist_ok=True)
         self.job_dir.mkdir(exist_ok=True)
@@ -818,6 +927,21 @@ class Stack:
             raise StackError('; '.join(errors))
 
     # -- helpers for the tests -----------------------------------------------------------------
+
+    def admin_token(self) -> str:
+        """An operator's token for the tenant's admin API (zuul-admin create-auth-token)."""
+        proc = run([ZUUL_BIN / 'zuul-admin', '-c', self.zuul_conf, 'create-auth-token', '--auth-config',
+                    'zuul_operator', '--tenant', TENANT, '--user', 'e2e-operator', '--expires-in', '600'],
+                   timeout=60, env=self.zuul_env)
+        # It prints "Bearer <token>".
+        return proc.stdout.split()[-1]
+
+    def dequeue(self, pipeline: str, project: str, ref: str) -> None:
+        """Cancel a queued or running item as an operator would (the REST API's dequeue)."""
+        status = self.api.post(f'/project/{project}/dequeue', {'pipeline': pipeline, 'ref': ref},
+                               self.admin_token())
+        if status != 200:
+            raise StackError(f'dequeue answered {status}')
 
     def job_output(self, build_uuid: str, limit: int = 20000) -> str:
         """The end of a build's job-output.txt from the executor's kept job dir."""
