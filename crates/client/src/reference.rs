@@ -116,11 +116,16 @@ pub struct LayoutRef {
 
 impl fmt::Display for LayoutRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "oci:{}", self.dir.display())?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
+        let dir = self.dir.display().to_string();
+        write!(f, "oci:{dir}")?;
+        match &self.tag {
+            Some(t) => write!(f, ":{t}"),
+            // `oci:a:b` reads as directory `a`, tag `b`: a directory with a
+            // colon is printed with an empty tag (`oci:a:b:`), which parses
+            // back to the same directory.
+            None if dir.contains(':') => f.write_str(":"),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -364,6 +369,11 @@ mod tests {
         };
         assert_eq!(l.tag, None);
         assert_eq!(l.dir, PathBuf::from("rel/dir"));
+        // Found by tests/props.rs: a directory with a colon and no tag must
+        // print as something that parses back to it, not to a tag.
+        let layout: ImageRef = "oci:dir:5000:".parse().unwrap();
+        assert_eq!(layout.to_string(), "oci:dir:5000:");
+        assert_eq!(layout.to_string().parse::<ImageRef>().unwrap(), layout);
     }
 
     #[test]
