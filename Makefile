@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 ANSIBLE_PATHS := $(wildcard roles playbooks doc/examples/site-config/playbooks)
 YAML_PATHS := $(wildcard roles playbooks zuul.d tests/ansible doc/examples/site-config)
 
-.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible fmt bench deps docs
+.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible fmt bench deps docs fuzz
 
 all: build
 
@@ -39,6 +39,12 @@ test-ansible: build
 	else \
 		echo "test-ansible: no tests/ansible yet"; \
 	fi
+
+## fuzz: runs every parser property test for FUZZ_SECONDS each (default 60) with fresh
+## random seeds (scripts/fuzz.sh; doc/reliability.md)
+FUZZ_SECONDS ?= 60
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 ## lint: rustfmt, clippy with warnings denied, ansible-lint and yamllint
 lint: lint-rust lint-ansible
