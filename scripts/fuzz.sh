@@ -16,7 +16,7 @@ seconds=${1:-60}
 filter=${2:-}
 cases=${FUZZ_CASES:-5000}
 
-# crate, test binary, test name
+# crate, test binary (lib: the crate's unit tests), test name
 targets=(
     "speculum-oci props repository_names_follow_the_spec"
     "speculum-oci props tags_follow_the_spec"
@@ -26,6 +26,10 @@ targets=(
     "speculum-oci props manifest_parse_never_panics_on_mutated_manifests"
     "speculum-client props image_references_normalise_once"
     "speculum-client props repositories_normalise_once"
+    "speculum-server lib any_range_header_stays_inside_the_blob"
+    "speculum-server props tokens_of_any_shape_are_refused_without_panic"
+    "speculum-server props a_token_changed_anywhere_is_refused"
+    "speculum-server props any_configuration_text_parses_or_fails_cleanly"
 )
 
 log=$(mktemp)
@@ -33,11 +37,12 @@ trap 'rm -f "$log"' EXIT
 for target in "${targets[@]}"; do
     read -r crate bin name <<<"$target"
     [[ -z $filter || $name == *"$filter"* ]] || continue
-    cargo test -q -p "$crate" --test "$bin" --no-run 2>"$log" || { cat "$log"; exit 1; }
+    if [[ $bin == lib ]]; then which=(--lib); else which=(--test "$bin"); fi
+    cargo test -q -p "$crate" "${which[@]}" --no-run 2>"$log" || { cat "$log"; exit 1; }
     runs=0
     end=$((SECONDS + seconds))
     while ((SECONDS < end)); do
-        if ! PROPTEST_CASES=$cases cargo test -q -p "$crate" --test "$bin" -- --exact "$name" >"$log" 2>&1; then
+        if ! PROPTEST_CASES=$cases cargo test -q -p "$crate" "${which[@]}" -- "$name" >"$log" 2>&1; then
             echo "FAILED: $crate $name"
             grep -E 'minimal failing input|panicked|assert' "$log" || cat "$log"
             exit 1

@@ -164,4 +164,19 @@ mod tests {
         assert!(matches!(wanted("items=0-2", 10), Wanted::Whole));
         assert!(matches!(wanted("bytes=0-1,3-4", 10), Wanted::Whole));
     }
+
+    proptest::proptest! {
+        // Any Range header against any size: no panic, and a part is inside the blob.
+        // scripts/fuzz.sh runs this for a set time.
+        #[test]
+        fn any_range_header_stays_inside_the_blob(
+            value in "(bytes=)?[ 0-9,-]{0,24}|.{0,24}",
+            size in proptest::prop_oneof![0u64..16, proptest::num::u64::ANY],
+        ) {
+            if let Wanted::Part(r) = wanted(&value, size) {
+                let end = r.end.unwrap_or(size - 1);
+                proptest::prop_assert!(r.start <= end && end < size, "{value:?} of {size}: {r:?}");
+            }
+        }
+    }
 }
