@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 ANSIBLE_PATHS := $(wildcard roles playbooks doc/examples/site-config/playbooks)
 YAML_PATHS := $(wildcard roles playbooks zuul.d tests/ansible doc/examples/site-config)
 
-.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible fmt bench deps docs fuzz
+.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible fmt bench deps docs fuzz soak
 
 all: build
 
@@ -17,13 +17,15 @@ build:
 	$(CARGO) build --bins
 
 ## test: installs what the tests need (idempotent, seconds when all is there), then every
-## Rust test, the Ansible tests, the documentation build and the real-Zuul end-to-end tests;
+## Rust test, the Ansible tests, the documentation build, a 30 s soak and the real-Zuul
+## end-to-end tests;
 ## all run, and it fails if any failed
 test: deps
 	@rc=0; \
 	$(MAKE) test-rust || rc=1; \
 	$(MAKE) test-ansible || rc=1; \
 	$(MAKE) docs || rc=1; \
+	$(MAKE) soak SOAK_SECONDS=30 || rc=1; \
 	$(MAKE) e2e || rc=1; \
 	exit $$rc
 
@@ -45,6 +47,12 @@ test-ansible: build
 FUZZ_SECONDS ?= 60
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## soak: pushes, pulls, retags, deletes and collections against one registry for
+## SOAK_SECONDS (default 60), every tagged image checked after each step (scripts/soak.py)
+SOAK_SECONDS ?= 60
+soak: build
+	/usr/bin/python3 scripts/soak.py --seconds $(SOAK_SECONDS)
 
 ## lint: rustfmt, clippy with warnings denied, ansible-lint and yamllint
 lint: lint-rust lint-ansible
