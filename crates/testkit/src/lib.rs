@@ -8,6 +8,7 @@
 //! - [`BuildsetRegistry`] runs the `speculum-registry buildset` binary on loopback and
 //!   [`Distribution`] runs Debian's `docker-registry` (the reference registry); both stop on
 //!   drop. [`Dockerd`] runs a private Docker daemon (vfs storage, no bridge) for one test.
+//! - [`http`] sends raw HTTP/1.0 requests, whole or stopped half way.
 //! - [`require_tool`] fails loudly, naming the Debian package, when a client is missing: a
 //!   missing tool is a test failure, never a silent skip. [`run`] runs a command with a
 //!   timeout and captures its output.
@@ -28,6 +29,7 @@
 
 mod distribution;
 mod docker;
+pub mod http;
 mod image;
 mod layout;
 mod process;

@@ -227,6 +227,14 @@ impl BuildsetRegistry {
         self.child.as_ref().map(Child::id).unwrap_or_default()
     }
 
+    /// SIGKILL, as a crash or the OOM killer would, and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits (up to `timeout`) for the registry to exit; returns its status,
     /// or `None` if it had to be killed.
     pub fn stop(&mut self, timeout: Duration) -> Option<ExitStatus> {
