@@ -170,11 +170,25 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Raise the soft open-file limit to the hard one, so that a thousand idle
+/// clients cannot exhaust it (issue 9).
+fn raise_fd_limit() {
+    match speculum_server::fdlimit::raise() {
+        (limit, None) => tracing::info!(limit, "open-file limit"),
+        (limit, Some(e)) => {
+            tracing::warn!(limit, error = %e, "cannot raise the open-file limit")
+        }
+    }
+}
+
 fn run(cli: Cli, settings: Option<Settings>, started: Instant) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if !matches!(cli.command, Command::Prune(_)) {
+        raise_fd_limit();
+    }
     match (cli.command, settings) {
         (Command::Buildset(args), _) => runtime.block_on(buildset(args, started)),
         (Command::Serve(_), Some(settings)) => runtime.block_on(serve(settings, started)),

@@ -25,6 +25,7 @@ mod buildset;
 pub mod config;
 mod drain;
 mod error;
+pub mod fdlimit;
 mod handlers;
 mod intermediate;
 mod metrics;
