@@ -1219,3 +1219,41 @@ fn concurrent_collectors_take_turns() {
     assert!(collected >= 1);
     serve.stop();
 }
+
+// ---- connection limits (issue 9, point 2) ----------------------------------
+
+/// `connections:` in the config reaches the server: a connection that sends
+/// nothing is closed after the header timeout; and the open-file limit,
+/// raised at start, is logged.
+#[test]
+fn configured_header_timeout_closes_a_silent_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+             storage: {{driver: filesystem, root: data}}\n  \
+             connections: {{header-timeout: 1s, keep-alive-timeout: 1m, max: 100}}\n"
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, port, &[("RUST_LOG", "info")]);
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(silent.read(&mut buf), Ok(0) | Err(_));
+    let took = start.elapsed();
+    assert!(
+        closed && took < Duration::from_secs(4),
+        "closed={closed} after {took:?}"
+    );
+    let log = serve.log();
+    assert!(log.contains("open-file limit"), "{log}");
+    assert!(log.contains("max_connections=100"), "{log}");
+    serve.stop();
+}

@@ -21,6 +21,7 @@
 
 mod auth;
 mod body;
+mod body_timeout;
 mod buildset;
 pub mod config;
 mod drain;
@@ -28,6 +29,7 @@ mod error;
 pub mod fdlimit;
 mod handlers;
 mod intermediate;
+mod limits;
 mod metrics;
 mod notify;
 mod route;
@@ -35,6 +37,7 @@ mod serve;
 mod tls;
 pub mod token;
 mod upstream;
+mod watchdog;
 
 use std::sync::Arc;
 
@@ -50,6 +53,7 @@ pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, wr
 pub use config::{ConfigError, LogFormat, Settings};
 pub use error::{ApiError, ApiResult};
 pub use intermediate::{IntermediateServer, prune_options, run_prune};
+pub use limits::{ConnectionLimits, default_max_connections};
 pub use metrics::{Collector, Exposition, Metrics, StorageFigures};
 pub use notify::{
     Action as EventAction, Endpoint as WebhookEndpoint, EndpointConfig as WebhookEndpointConfig,
