@@ -1220,7 +1220,7 @@ fn concurrent_collectors_take_turns() {
     serve.stop();
 }
 
-// ---- connection limits (issue 9, point 2) ----------------------------------
+// ---- connection limits and the access log (issue 9, points 2 and 6) -------
 
 /// `connections:` in the config reaches the server: a connection that sends
 /// nothing is closed after the header timeout; and the open-file limit,
@@ -1256,4 +1256,164 @@ fn configured_header_timeout_closes_a_silent_connection() {
     assert!(log.contains("open-file limit"), "{log}");
     assert!(log.contains("max_connections=100"), "{log}");
     serve.stop();
+}
+
+/// One request with optional Basic credentials and extra headers, over
+/// HTTP/1.0: the status and the headers (lowercase names).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    extra: &str,
+) -> (u16, Vec<(String, String)>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{auth}{extra}Content-Length: 0\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+/// The access lines of a log, each as its fields, in either format.
+fn access_lines(log: &str, json: bool) -> Vec<std::collections::HashMap<String, String>> {
+    let mut lines = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("speculum_server::access_log"))
+    {
+        let fields = if json {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            value["fields"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    (k.clone(), v)
+                })
+                .collect()
+        } else {
+            let (_, after) = line.split_once("speculum_server::access_log: ").unwrap();
+            after
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        lines.push(fields);
+    }
+    lines
+}
+
+/// At the default level, each request gets one access line with its
+/// fields, 401 and 403 included, in text and in JSON; no credentials and no
+/// query strings are logged; a client's request id is kept and echoed.
+#[test]
+fn access_log_has_a_line_per_request_in_text_and_json() {
+    for json in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("registry.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+                 users: [{{name: zuul, pass: pw, access: write}}, \
+                 {{name: reader, pass: rpw, access: read}}]\n  \
+                 storage: {{driver: filesystem, root: data}}\n  log-format: {}\n",
+                if json { "json" } else { "text" }
+            ),
+        )
+        .unwrap();
+        let serve = Serve::start(&config, port, &[("RUST_LOG", "info")]);
+        let reader = "Basic cmVhZGVyOnJwdw=="; // base64("reader:rpw")
+        let (status, headers) = request(
+            port,
+            "GET",
+            "/v2/",
+            Some(ZUUL_PW),
+            "X-Request-Id: my-id-42\r\n",
+        );
+        assert_eq!(status, 200);
+        assert!(
+            headers.contains(&("x-request-id".into(), "my-id-42".into())),
+            "{headers:?}"
+        );
+        assert_eq!(request(port, "GET", "/v2/", None, "").0, 401);
+        assert_eq!(
+            request(
+                port,
+                "POST",
+                "/v2/team/app/blobs/uploads/",
+                Some(reader),
+                ""
+            )
+            .0,
+            403
+        );
+        assert_eq!(
+            request(
+                port,
+                "GET",
+                "/v2/team/app/manifests/nope",
+                Some(ZUUL_PW),
+                ""
+            )
+            .0,
+            404
+        );
+        let token = "/auth/token?account=zuul&scope=repository:team/app:pull&service=x";
+        assert_eq!(request(port, "GET", token, Some(ZUUL_PW), "").0, 200);
+        let log = serve.log();
+        serve.stop();
+
+        let lines = access_lines(&log, json);
+        let find = |status: &str, path: &str| {
+            lines
+                .iter()
+                .find(|f| f["status"] == status && f["path"] == path)
+                .unwrap_or_else(|| panic!("no {status} line for {path} (json={json}):\n{log}"))
+        };
+        for (status, path, user) in [
+            ("200", "/v2/", "zuul"),
+            ("401", "/v2/", "-"),
+            ("403", "/v2/team/app/blobs/uploads/", "reader"),
+            ("404", "/v2/team/app/manifests/nope", "zuul"),
+            ("200", "/auth/token", "zuul"),
+        ] {
+            let fields = find(status, path);
+            for key in [
+                "method",
+                "bytes",
+                "bytes_in",
+                "duration_ms",
+                "client",
+                "request_id",
+            ] {
+                assert!(fields.contains_key(key), "{key} missing: {fields:?}");
+            }
+            assert_eq!(fields["user"], user, "{fields:?}");
+        }
+        assert_eq!(find("200", "/v2/")["request_id"], "my-id-42");
+        assert_ne!(find("404", "/v2/team/app/manifests/nope")["bytes"], "0");
+        for secret in ["scope=", "account=", "enV1bDpwdw", "cmVhZGVyOnJwdw", "rpw"] {
+            assert!(!log.contains(secret), "{secret} logged:\n{log}");
+        }
+    }
 }

@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access_log;
 mod auth;
 mod body;
 mod body_timeout;
@@ -175,6 +176,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .fallback(dispatch)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(access_log::AccessLogLayer)
         .with_state(state)
 }
 
@@ -192,7 +194,6 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         Err(err) => err.into_response(),
     };
     let status = response.status().as_u16();
-    tracing::debug!(%method, path, status, "request");
     metrics.record_request(label, method.as_str(), status);
     if is_head {
         // HEAD answers carry the headers of a GET and no body.

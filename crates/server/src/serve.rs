@@ -224,6 +224,7 @@ impl Connection {
         let activity = Activity::new();
         let service = Service {
             app: self.app,
+            peer: self.peer,
             limits: self.limits,
             activity: activity.clone(),
         };
@@ -257,6 +258,7 @@ impl Connection {
 #[derive(Clone)]
 struct Service {
     app: Router,
+    peer: SocketAddr,
     limits: ConnectionLimits,
     activity: Arc<Activity>,
 }
@@ -272,7 +274,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
         let app = self.app.clone();
         let guard = self.activity.begin();
         let timeout = self.limits.body_idle_timeout;
-        let request = request.map(|b| crate::body_timeout::idle_limited(b, timeout));
+        let mut request = request.map(|b| crate::body_timeout::idle_limited(b, timeout));
+        request
+            .extensions_mut()
+            .insert(crate::access_log::Peer(self.peer));
         Box::pin(async move {
             let response = match app.oneshot(request).await {
                 Ok(r) => r,
