@@ -492,3 +492,61 @@ async fn past_the_connection_bound_clients_wait_instead_of_failing() {
     .unwrap();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_the_client_stops_reading_is_cut() {
+    let server = start_with(short_limits(30.0, 30.0)).await;
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        // Far more than the loopback socket buffers hold.
+        let size = 48 * 1024 * 1024;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let digest = push_blob(addr, "stall/app", &data);
+        let mut stream = connect(addr);
+        write!(
+            stream,
+            "GET /v2/stall/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        // Read nothing while the buffers fill and the 1 s timeout passes...
+        std::thread::sleep(Duration::from_secs(4));
+        // ...then what was already sent arrives, and the connection ends
+        // well short of the whole blob.
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("still open after {received} bytes")
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(received < size, "received {received} of {size}");
+        // A client that reads, with pauses shorter than the timeout, gets
+        // it all.
+        let mut stream = connect(addr);
+        write!(
+            stream,
+            "GET /v2/stall/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        let answer = read_answer(&mut stream).unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(answer.body == data, "the whole blob, unchanged");
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
