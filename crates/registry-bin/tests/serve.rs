@@ -1417,3 +1417,77 @@ fn access_log_has_a_line_per_request_in_text_and_json() {
         }
     }
 }
+
+/// CPU time (user + system, in clock ticks) that process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors (a bound set above the limit on purpose), the
+/// accept loop backs off instead of spinning, and serves again once the
+/// connections are gone.
+#[test]
+fn out_of_descriptors_accept_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+             storage: {{driver: filesystem, root: data}}\n  \
+             connections: {{header-timeout: 30s, max: 1000}}\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let file = std::fs::File::create(&log).unwrap();
+    // A hard limit of 64 descriptors, which the binary cannot raise.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" serve --config \"$1\""])
+        .arg(BIN)
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !read_log().contains("accepting connections") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited:\n{}",
+            read_log()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no start:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let flood: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    // Spinning would use about 200 ticks (USER_HZ is 100) in 2 s, and
+    // retry thousands of times; a 100 ms back-off retries about 25 times.
+    assert!(used < 60, "{used} ticks of CPU in 2 s:\n{}", read_log());
+    let failures = read_log().matches("accept failed").count();
+    assert!((1..100).contains(&failures), "{failures} accept failures");
+    drop(flood);
+    let start = Instant::now();
+    let (status, _) = http_get(port, "/healthz");
+    assert_eq!(status, 200);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+}
