@@ -5,16 +5,17 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage.
 
+use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use speculum_server::{
-    BuildsetOptions, BuildsetServer, IntermediateServer, Settings, prune_options, run_prune,
-    write_info_file,
+    BuildsetOptions, BuildsetServer, ConnectionLimits, IntermediateServer, Settings, prune_options,
+    run_prune, write_info_file,
 };
 
 /// The speculum container registry.
@@ -41,7 +42,7 @@ enum LogFormat {
 enum Command {
     /// Run an ephemeral buildset registry: temporary storage, a generated
     /// certificate, anonymous pull, push for one user with a random password.
-    Buildset(BuildsetArgs),
+    Buildset(Box<BuildsetArgs>),
     /// Run the long-lived intermediate registry from a YAML config file
     /// (zuul-registry's keys are accepted unchanged).
     Serve(ServeArgs),
@@ -117,6 +118,34 @@ struct BuildsetArgs {
     /// Serve plain HTTP instead of TLS (for tests, or behind a TLS proxy).
     #[arg(long)]
     insecure_http: bool,
+
+    /// Close a connection whose request head takes longer than this.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          default_value = "30s")]
+    header_timeout: Duration,
+
+    /// Cut a request body that sends nothing, or an answer the client takes
+    /// nothing of, for this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          default_value = "60s")]
+    body_idle_timeout: Duration,
+
+    /// Close a connection idle between requests for this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          default_value = "120s")]
+    keep_alive_timeout: Duration,
+
+    /// Serve at most this many connections at once; more wait to be
+    /// accepted (default: from the open-file limit).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    match speculum_server::config::parse_duration(text)? {
+        d if d.is_zero() => Err("must be above zero".to_string()),
+        d => Ok(d),
+    }
 }
 
 fn main() -> ExitCode {
@@ -157,12 +186,27 @@ fn main() -> ExitCode {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: escape codes would garble log files and
+    // the journal, and break tools that parse the access log.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Raise the soft open-file limit to the hard one, so that a thousand idle
+/// clients cannot exhaust it (issue 9); the connection bound derives from
+/// the figure logged here.
+fn raise_fd_limit() {
+    match speculum_server::fdlimit::raise() {
+        (limit, None) => tracing::info!(limit, "open-file limit"),
+        (limit, Some(e)) => {
+            tracing::warn!(limit, error = %e, "cannot raise the open-file limit")
+        }
     }
 }
 
@@ -171,8 +215,11 @@ fn run(cli: Cli, settings: Option<Settings>, started: Instant) -> anyhow::Result
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if !matches!(cli.command, Command::Prune(_)) {
+        raise_fd_limit();
+    }
     match (cli.command, settings) {
-        (Command::Buildset(args), _) => runtime.block_on(buildset(args, started)),
+        (Command::Buildset(args), _) => runtime.block_on(buildset(*args, started)),
         (Command::Serve(_), Some(settings)) => runtime.block_on(serve(settings, started)),
         (Command::Prune(args), Some(settings)) => runtime.block_on(prune(args, settings)),
         (_, None) => anyhow::bail!("no configuration loaded"),
@@ -286,6 +333,12 @@ async fn buildset(args: BuildsetArgs, started: Instant) -> anyhow::Result<()> {
         username: args.username,
         password,
         insecure_http: args.insecure_http,
+        connections: ConnectionLimits {
+            header_timeout: args.header_timeout,
+            body_idle_timeout: args.body_idle_timeout,
+            keep_alive_timeout: args.keep_alive_timeout,
+            max_connections: args.max_connections.map(|n| n as usize),
+        },
     };
     // Install the signal handlers before announcing readiness, so a signal
     // sent right after the info appears is never missed.

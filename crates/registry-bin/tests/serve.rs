@@ -1219,3 +1219,275 @@ fn concurrent_collectors_take_turns() {
     assert!(collected >= 1);
     serve.stop();
 }
+
+// ---- connection limits and the access log (issue 9, points 2 and 6) -------
+
+/// `connections:` in the config reaches the server: a connection that sends
+/// nothing is closed after the header timeout; and the open-file limit,
+/// raised at start, is logged.
+#[test]
+fn configured_header_timeout_closes_a_silent_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+             storage: {{driver: filesystem, root: data}}\n  \
+             connections: {{header-timeout: 1s, keep-alive-timeout: 1m, max: 100}}\n"
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(&config, port, &[("RUST_LOG", "info")]);
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(silent.read(&mut buf), Ok(0) | Err(_));
+    let took = start.elapsed();
+    assert!(
+        closed && took < Duration::from_secs(4),
+        "closed={closed} after {took:?}"
+    );
+    let log = serve.log();
+    assert!(log.contains("open-file limit"), "{log}");
+    assert!(log.contains("max_connections=100"), "{log}");
+    serve.stop();
+}
+
+/// One request with optional Basic credentials and extra headers, over
+/// HTTP/1.0: the status and the headers (lowercase names).
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    extra: &str,
+) -> (u16, Vec<(String, String)>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{auth}{extra}Content-Length: 0\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+/// The access lines of a log, each as its fields, in either format.
+fn access_lines(log: &str, json: bool) -> Vec<std::collections::HashMap<String, String>> {
+    let mut lines = Vec::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("speculum_server::access_log"))
+    {
+        let fields = if json {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            value["fields"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    (k.clone(), v)
+                })
+                .collect()
+        } else {
+            let (_, after) = line.split_once("speculum_server::access_log: ").unwrap();
+            after
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        lines.push(fields);
+    }
+    lines
+}
+
+/// At the default level, each request gets one access line with its
+/// fields, 401 and 403 included, in text and in JSON; no credentials and no
+/// query strings are logged; a client's request id is kept and echoed.
+#[test]
+fn access_log_has_a_line_per_request_in_text_and_json() {
+    for json in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("registry.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+                 users: [{{name: zuul, pass: pw, access: write}}, \
+                 {{name: reader, pass: rpw, access: read}}]\n  \
+                 storage: {{driver: filesystem, root: data}}\n  log-format: {}\n",
+                if json { "json" } else { "text" }
+            ),
+        )
+        .unwrap();
+        let serve = Serve::start(&config, port, &[("RUST_LOG", "info")]);
+        let reader = "Basic cmVhZGVyOnJwdw=="; // base64("reader:rpw")
+        let (status, headers) = request(
+            port,
+            "GET",
+            "/v2/",
+            Some(ZUUL_PW),
+            "X-Request-Id: my-id-42\r\n",
+        );
+        assert_eq!(status, 200);
+        assert!(
+            headers.contains(&("x-request-id".into(), "my-id-42".into())),
+            "{headers:?}"
+        );
+        assert_eq!(request(port, "GET", "/v2/", None, "").0, 401);
+        assert_eq!(
+            request(
+                port,
+                "POST",
+                "/v2/team/app/blobs/uploads/",
+                Some(reader),
+                ""
+            )
+            .0,
+            403
+        );
+        assert_eq!(
+            request(
+                port,
+                "GET",
+                "/v2/team/app/manifests/nope",
+                Some(ZUUL_PW),
+                ""
+            )
+            .0,
+            404
+        );
+        let token = "/auth/token?account=zuul&scope=repository:team/app:pull&service=x";
+        assert_eq!(request(port, "GET", token, Some(ZUUL_PW), "").0, 200);
+        let log = serve.log();
+        serve.stop();
+
+        let lines = access_lines(&log, json);
+        let find = |status: &str, path: &str| {
+            lines
+                .iter()
+                .find(|f| f["status"] == status && f["path"] == path)
+                .unwrap_or_else(|| panic!("no {status} line for {path} (json={json}):\n{log}"))
+        };
+        for (status, path, user) in [
+            ("200", "/v2/", "zuul"),
+            ("401", "/v2/", "-"),
+            ("403", "/v2/team/app/blobs/uploads/", "reader"),
+            ("404", "/v2/team/app/manifests/nope", "zuul"),
+            ("200", "/auth/token", "zuul"),
+        ] {
+            let fields = find(status, path);
+            for key in [
+                "method",
+                "bytes",
+                "bytes_in",
+                "duration_ms",
+                "client",
+                "request_id",
+            ] {
+                assert!(fields.contains_key(key), "{key} missing: {fields:?}");
+            }
+            assert_eq!(fields["user"], user, "{fields:?}");
+        }
+        assert_eq!(find("200", "/v2/")["request_id"], "my-id-42");
+        assert_ne!(find("404", "/v2/team/app/manifests/nope")["bytes"], "0");
+        for secret in ["scope=", "account=", "enV1bDpwdw", "cmVhZGVyOnJwdw", "rpw"] {
+            assert!(!log.contains(secret), "{secret} logged:\n{log}");
+        }
+    }
+}
+
+/// CPU time (user + system, in clock ticks) that process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of file descriptors (a bound set above the limit on purpose), the
+/// accept loop backs off instead of spinning, and serves again once the
+/// connections are gone.
+#[test]
+fn out_of_descriptors_accept_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  \
+             storage: {{driver: filesystem, root: data}}\n  \
+             connections: {{header-timeout: 30s, max: 1000}}\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("serve.log");
+    let file = std::fs::File::create(&log).unwrap();
+    // A hard limit of 64 descriptors, which the binary cannot raise.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" serve --config \"$1\""])
+        .arg(BIN)
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !read_log().contains("accepting connections") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited:\n{}",
+            read_log()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no start:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let flood: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(child.id()) - before;
+    // Spinning would use about 200 ticks (USER_HZ is 100) in 2 s, and
+    // retry thousands of times; a 100 ms back-off retries about 25 times.
+    assert!(used < 60, "{used} ticks of CPU in 2 s:\n{}", read_log());
+    let failures = read_log().matches("accept failed").count();
+    assert!((1..100).contains(&failures), "{failures} accept failures");
+    drop(flood);
+    let start = Instant::now();
+    let (status, _) = http_get(port, "/healthz");
+    assert_eq!(status, 200);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+}

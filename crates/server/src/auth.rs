@@ -528,11 +528,15 @@ impl AuthPolicy {
             db.verify(&name, &password)
                 .map(|u| (u.name.clone(), u.access))
         };
-        if self.db.has_bcrypt() {
+        let verified = if self.db.has_bcrypt() {
             tokio::task::spawn_blocking(check).await.ok().flatten()
         } else {
             check()
+        };
+        if let Some((name, _)) = &verified {
+            crate::access_log::record_user(name);
         }
+        verified
     }
 
     async fn check(&self, headers: &HeaderMap) -> Checked {
@@ -544,7 +548,12 @@ impl AuthPolicy {
                 None => Checked::Invalid("invalid username or password"),
             },
             Presented::Bearer(token) => match self.key.verify(&token, SystemTime::now()) {
-                Ok(claims) => Checked::Token(claims),
+                Ok(claims) => {
+                    if !claims.sub.is_empty() {
+                        crate::access_log::record_user(&claims.sub);
+                    }
+                    Checked::Token(claims)
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "token refused");
                     Checked::Invalid("invalid or expired token")

@@ -15,6 +15,7 @@ use speculum_storage::Registry;
 use tokio::net::TcpListener;
 
 use crate::auth::AuthPolicy;
+use crate::limits::ConnectionLimits;
 use crate::serve::Server;
 use crate::tls::{TlsError, generate_certificate, server_config};
 use crate::{AppState, router};
@@ -36,6 +37,8 @@ pub struct BuildsetOptions {
     pub password: Option<String>,
     /// Serve plain HTTP instead of TLS.
     pub insecure_http: bool,
+    /// Connection timeouts and the bound on connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for BuildsetOptions {
@@ -48,6 +51,7 @@ impl Default for BuildsetOptions {
             username: "zuul".to_string(),
             password: None,
             insecure_http: false,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -158,10 +162,13 @@ impl BuildsetServer {
         let auth = AuthPolicy::buildset(options.username.clone(), password.as_bytes())
             .with_tls(!options.insecure_http);
         let app = router(AppState::new(registry, auth));
-        let server = Server::start(listener, app, tls).map_err(|source| StartError::Bind {
-            addr: options.listen,
-            source,
-        })?;
+        let server =
+            Server::start_with(listener, app, tls, options.connections).map_err(|source| {
+                StartError::Bind {
+                    addr: options.listen,
+                    source,
+                }
+            })?;
         let addr = server.local_addr();
 
         let host = options
@@ -188,6 +195,7 @@ impl BuildsetServer {
             tls = !options.insecure_http,
             root = %root.display(),
             temporary = temp.is_some(),
+            max_connections = options.connections.max_connections(),
             "buildset registry ready"
         );
         Ok(BuildsetServer {

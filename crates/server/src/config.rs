@@ -127,6 +127,9 @@ pub(crate) struct RawRegistry {
     /// Pull-through upstreams, one per namespace (see the `upstream` module).
     #[serde(default)]
     upstreams: Vec<crate::upstream::UpstreamConfig>,
+    /// Connection timeouts and bound (see the `limits` module).
+    #[serde(default)]
+    connections: crate::limits::RawConnections,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,7 +178,7 @@ struct RawGc {
 /// A duration in a config file: a number of seconds (as zuul-registry's
 /// `expiration`) or a string such as `90s`, `12h` or `7days`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DurationValue(Duration);
+pub(crate) struct DurationValue(pub(crate) Duration);
 
 impl<'de> Deserialize<'de> for DurationValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -203,7 +206,7 @@ impl<'de> Deserialize<'de> for DurationValue {
 
 /// Parse a duration written as text in any config section: a number of
 /// seconds (`"90"`) or a human duration (`90s`, `12h`, `7days`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
@@ -341,6 +344,8 @@ pub struct Settings {
     pub webhooks: crate::notify::WebhookSettings,
     /// Pull-through upstreams (none: every miss is a 404).
     pub upstreams: Vec<crate::upstream::UpstreamSettings>,
+    /// Connection timeouts and the bound on connections.
+    pub connections: crate::limits::ConnectionLimits,
 }
 
 impl Settings {
@@ -563,6 +568,11 @@ impl Settings {
         let upstreams = crate::upstream::validate_upstreams(&raw.upstreams, Some(base))
             .map_err(|e| err(&format!("registry.{}", e.key), e.message))?;
 
+        let connections = raw
+            .connections
+            .validate()
+            .map_err(|(key, m)| err(&format!("registry.connections.{key}"), m))?;
+
         let webhooks = raw
             .webhooks
             .settings(&storage_root, base)
@@ -589,6 +599,7 @@ impl Settings {
             token_expiry,
             webhooks,
             upstreams,
+            connections,
         })
     }
 }
@@ -789,6 +800,26 @@ registry:
         assert_eq!(s.retention[0].older_than, Duration::from_secs(7 * 86400));
         assert!(s.secret.is_none());
         assert!(s.anonymous_read || s.users.is_empty());
+        assert_eq!(s.connections, crate::limits::ConnectionLimits::default());
+    }
+
+    #[test]
+    fn connection_limits() {
+        let s = parse(&format!(
+            "{BASE}  connections: {{header-timeout: 5s, body-idle-timeout: 1m, \
+             keep-alive-timeout: 90, max: 500}}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.connections.header_timeout, Duration::from_secs(5));
+        assert_eq!(s.connections.body_idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.connections.keep_alive_timeout, Duration::from_secs(90));
+        assert_eq!(s.connections.max_connections, Some(500));
+        let e = error(&format!("{BASE}  connections: {{header-timeout: 0}}\n"));
+        assert!(e.contains("registry.connections.header-timeout"), "{e}");
+        let e = error(&format!("{BASE}  connections: {{max: 0}}\n"));
+        assert!(e.contains("registry.connections.max"), "{e}");
+        let e = error(&format!("{BASE}  connections: {{idle: 1}}\n"));
+        assert!(e.contains("idle"), "{e}");
     }
 
     fn error(text: &str) -> String {

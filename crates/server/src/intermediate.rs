@@ -135,12 +135,14 @@ impl IntermediateServer {
                     addr: settings.listen,
                     source,
                 })?;
-        let server = Server::start(listener, router(state.clone()), tls).map_err(|source| {
-            StartError::Bind {
-                addr: settings.listen,
-                source,
-            }
-        })?;
+        let app = router(state.clone());
+        let server =
+            Server::start_with(listener, app, tls, settings.connections).map_err(|source| {
+                StartError::Bind {
+                    addr: settings.listen,
+                    source,
+                }
+            })?;
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -169,6 +171,7 @@ impl IntermediateServer {
             retention_rules = settings.retention.len(),
             gc_interval = ?settings.gc.interval,
             upstreams = settings.upstreams.len(),
+            max_connections = settings.connections.max_connections(),
             config = %settings.source.display(),
             "intermediate registry ready"
         );

@@ -19,14 +19,18 @@
 //! # Ok(()) }
 //! ```
 
+mod access_log;
 mod auth;
 mod body;
+mod body_timeout;
 mod buildset;
 pub mod config;
 mod drain;
 mod error;
+pub mod fdlimit;
 mod handlers;
 mod intermediate;
+mod limits;
 mod metrics;
 mod notify;
 mod route;
@@ -34,6 +38,7 @@ mod serve;
 mod tls;
 pub mod token;
 mod upstream;
+mod watchdog;
 
 use std::sync::Arc;
 
@@ -49,6 +54,7 @@ pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, wr
 pub use config::{ConfigError, LogFormat, Settings};
 pub use error::{ApiError, ApiResult};
 pub use intermediate::{IntermediateServer, prune_options, run_prune};
+pub use limits::{ConnectionLimits, default_max_connections};
 pub use metrics::{Collector, Exposition, Metrics, StorageFigures};
 pub use notify::{
     Action as EventAction, Endpoint as WebhookEndpoint, EndpointConfig as WebhookEndpointConfig,
@@ -170,6 +176,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .fallback(dispatch)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(access_log::AccessLogLayer)
         .with_state(state)
 }
 
@@ -187,7 +194,6 @@ async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
         Err(err) => err.into_response(),
     };
     let status = response.status().as_u16();
-    tracing::debug!(%method, path, status, "request");
     metrics.record_request(label, method.as_str(), status);
     if is_head {
         // HEAD answers carry the headers of a GET and no body.

@@ -9,6 +9,13 @@
 //! `DRAIN_TIMEOUT` to finish; whatever is still open then (a stalled
 //! download, a client trickling a request head or body) is cut. A request
 //! cut that way was never acknowledged, so the client retries it.
+//!
+//! Each connection also has its limits ([`ConnectionLimits`]): a watchdog
+//! drops it when a request head takes too long or it idles between requests
+//! (`watchdog`), a stalled request body is cut (`body_timeout`), and at most
+//! `max_connections` are served at once: past that, the accept loop waits for
+//! a connection to end before it accepts another, so a flood queues in the
+//! listen backlog instead of exhausting file descriptors.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,17 +23,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::limits::ConnectionLimits;
+use crate::watchdog::{Activity, Watched};
+
+/// How long to wait before accepting again after `accept` failed (usually
+/// EMFILE: out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 flow-control window per stream.
@@ -52,21 +64,41 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serve `app` on `listener`, over TLS when `tls` is given. The listener
-    /// is already bound, so clients can connect as soon as this returns.
+    /// Serve `app` on `listener`, over TLS when `tls` is given, with the
+    /// default [`ConnectionLimits`]. The listener is already bound, so
+    /// clients can connect as soon as this returns.
     pub fn start(
         listener: TcpListener,
         app: Router,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<Server> {
+        Server::start_with(listener, app, tls, ConnectionLimits::default())
+    }
+
+    /// As [`Server::start`], with `limits`.
+    pub fn start_with(
+        listener: TcpListener,
+        app: Router,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        limits: ConnectionLimits,
+    ) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(
+        let max_connections = limits.max_connections();
+        tracing::debug!(
+            max_connections,
+            header_timeout = ?limits.header_timeout,
+            body_idle_timeout = ?limits.body_idle_timeout,
+            keep_alive_timeout = ?limits.keep_alive_timeout,
+            "connection limits"
+        );
+        let listening = Listening {
             listener,
-            app,
-            tls.map(TlsAcceptor::from),
-            stopped,
-        ));
+            tls: tls.map(TlsAcceptor::from),
+            limits,
+            slots: Arc::new(Semaphore::new(max_connections)),
+        };
+        let task = tokio::spawn(accept_loop(listening, app, stopped));
         Ok(Server { addr, stop, task })
     }
 
@@ -85,12 +117,43 @@ impl Server {
     }
 }
 
-async fn accept_loop(
+/// The listening side: the socket, TLS, the limits, and one semaphore
+/// permit per connection served.
+struct Listening {
     listener: TcpListener,
-    app: Router,
     tls: Option<TlsAcceptor>,
-    mut stopped: watch::Receiver<bool>,
-) {
+    limits: ConnectionLimits,
+    slots: Arc<Semaphore>,
+}
+
+impl Listening {
+    /// Wait for a free slot, then for a connection. `None` once `stopped`
+    /// changes.
+    async fn next(
+        &self,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Option<(tokio::net::TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        let permit = tokio::select! {
+            permit = self.slots.clone().acquire_owned() => permit.ok()?,
+            _ = stopped.changed() => return None,
+        };
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => return Some((stream, peer, permit)),
+                    Err(e) => {
+                        // Usually too many open files: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+                _ = stopped.changed() => return None,
+            }
+        }
+    }
+}
+
+async fn accept_loop(listening: Listening, app: Router, mut stopped: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     let (conn_stop, _) = watch::channel(());
     // Every connection's task, so the ones still open after the drain can be
@@ -98,24 +161,21 @@ async fn accept_loop(
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Usually too many open files: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => break,
+        let Some((stream, peer, permit)) = listening.next(&mut stopped).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let conn = Connection {
+            app: app.clone(),
+            limits: listening.limits,
+            watcher: graceful.watcher(),
+            peer,
+        };
+        let tls = listening.tls.clone();
         let mut conn_stopped = conn_stop.subscribe();
         connections.spawn(async move {
+            // The slot is free again when this task ends, however it ends.
+            let _permit = permit;
             match tls {
                 Some(acceptor) => {
                     let handshake = tokio::select! {
@@ -123,16 +183,16 @@ async fn accept_loop(
                         _ = conn_stopped.changed() => return,
                     };
                     match handshake {
-                        Ok(Ok(stream)) => serve_connection(stream, app, watcher).await,
+                        Ok(Ok(stream)) => conn.serve(stream).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_connection(stream, app, watcher).await,
+                None => conn.serve(stream).await,
             }
         });
     }
-    drop(listener);
+    drop(listening);
     drop(conn_stop);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -146,30 +206,84 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
-async fn serve_connection<S>(stream: S, app: Router, watcher: hyper_util::server::graceful::Watcher)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let app = app.clone();
-        async move {
-            let response = app.oneshot(request.map(Body::new)).await;
-            Ok::<_, Infallible>(match response {
+/// One accepted connection, about to be served.
+struct Connection {
+    app: Router,
+    limits: ConnectionLimits,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serve HTTP on `stream` until the client closes it, an error, or the
+    /// watchdog's deadline (see the `watchdog` module).
+    async fn serve<S>(self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let service = Service {
+            app: self.app,
+            peer: self.peer,
+            limits: self.limits,
+            activity: activity.clone(),
+        };
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Larger HTTP/2 windows than the defaults, so one stream can carry a
+        // layer at full speed (Go clients negotiate HTTP/2 over TLS).
+        builder
+            .http2()
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW);
+        builder.http1().max_buf_size(H1_MAX_BUF);
+        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        let conn = builder.serve_connection(io, service);
+        let peer = self.peer;
+        tokio::select! {
+            served = self.watcher.watch(conn.into_owned()) => {
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            why = activity.expired(&self.limits) => {
+                tracing::debug!(%peer, reason = why.as_str(), "closing the connection");
+            }
+        }
+    }
+}
+
+/// The hyper service of one connection: `app`, with each request body
+/// limited by the body-idle timeout and each request counted in `activity`
+/// until its response body is dropped.
+#[derive(Clone)]
+struct Service {
+    app: Router,
+    peer: SocketAddr,
+    limits: ConnectionLimits,
+    activity: Arc<Activity>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Service {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>,
+    >;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let app = self.app.clone();
+        let guard = self.activity.begin();
+        let timeout = self.limits.body_idle_timeout;
+        let mut request = request.map(|b| crate::body_timeout::idle_limited(b, timeout));
+        request
+            .extensions_mut()
+            .insert(crate::access_log::Peer(self.peer));
+        Box::pin(async move {
+            let response = match app.oneshot(request).await {
                 Ok(r) => r,
                 Err(never) => match never {},
-            })
-        }
-    });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Larger HTTP/2 windows than the defaults, so one stream can carry a
-    // layer at full speed (Go clients negotiate HTTP/2 over TLS).
-    builder
-        .http2()
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW);
-    builder.http1().max_buf_size(H1_MAX_BUF);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+            };
+            Ok(response.map(|b| crate::watchdog::guarded(b, guard)))
+        })
     }
 }

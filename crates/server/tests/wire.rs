@@ -1,7 +1,8 @@
 //! What reaches a client on the wire, through hyper on a real listener: error
 //! bodies on 413 and 414, a 413 that arrives even when the client writes the
 //! whole body before reading, and a shutdown that does not wait for idle or
-//! stalled connections (issue 9, points 4 and 5).
+//! stalled connections (issue 9, points 4 and 5); connection timeouts and the
+//! connection bound (point 2).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,13 +12,28 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use speculum_oci::media_type;
-use speculum_server::{AppState, AuthPolicy, Server, router};
+use speculum_server::{AppState, AuthPolicy, ConnectionLimits, Server, router};
 use speculum_storage::Registry;
 
 async fn start() -> Server {
+    start_with(ConnectionLimits::default()).await
+}
+
+async fn start_with(limits: ConnectionLimits) -> Server {
     let app = router(AppState::new(Registry::memory(), AuthPolicy::open()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    Server::start(listener, app, None).unwrap()
+    Server::start_with(listener, app, None, limits).unwrap()
+}
+
+/// Short limits for the timeout tests: `header`, `keep_alive` and a 1 s
+/// body-idle timeout, in seconds.
+fn short_limits(header: f64, keep_alive: f64) -> ConnectionLimits {
+    ConnectionLimits {
+        header_timeout: Duration::from_secs_f64(header),
+        body_idle_timeout: Duration::from_secs(1),
+        keep_alive_timeout: Duration::from_secs_f64(keep_alive),
+        max_connections: None,
+    }
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -288,4 +304,249 @@ async fn stalled_requests_are_cut_after_a_short_drain() {
     tokio::task::spawn_blocking(move || stalled.into_iter().for_each(assert_closed))
         .await
         .unwrap();
+}
+
+/// Read until the server closes `stream` (EOF or reset); how long it took.
+/// Fails after `limit`.
+fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let start = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("still open after {limit:?}")
+            }
+            Err(_) => return start.elapsed(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_a_byte_a_second_is_dropped_after_the_header_timeout() {
+    let server = start_with(short_limits(2.5, 30.0)).await;
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = connect(addr);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let head = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let start = Instant::now();
+        let mut buf = [0u8; 1024];
+        for byte in head.iter().take(10) {
+            if stream.write_all(&[*byte]).is_err() {
+                break;
+            }
+            // One byte a second: the read waits out the second.
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => break,
+                Ok(n) => panic!("an answer to half a head: {:?}", &buf[..n]),
+                Err(_) => {}
+            }
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            "dropped after {took:?}"
+        );
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_that_never_comes_is_dropped() {
+    let server = start_with(short_limits(30.0, 30.0)).await;
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = connect(addr);
+        stream
+            .write_all(
+                b"POST /v2/slow/blobs/uploads/?digest=sha256:0000000000000000000000000000000000000000000000000000000000000000 HTTP/1.1\r\n\
+                  Host: x\r\nContent-Length: 1000000\r\n\r\npartial",
+            )
+            .unwrap();
+        let took = time_until_closed(&mut stream, Duration::from_secs(10));
+        // The body-idle timeout is 1 s; the header and keep-alive ones 30 s.
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+            "closed after {took:?}"
+        );
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
+    // Keep-alive longer than the header timeout: idling is not a slow head.
+    let server = start_with(short_limits(1.0, 2.5)).await;
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = connect(addr);
+        let ping = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        stream.write_all(ping).unwrap();
+        assert_eq!(read_answer(&mut stream).unwrap().status, 200);
+        // Past the header timeout, within keep-alive: still served.
+        std::thread::sleep(Duration::from_millis(1500));
+        stream.write_all(ping).unwrap();
+        assert_eq!(read_answer(&mut stream).unwrap().status, 200);
+        let took = time_until_closed(&mut stream, Duration::from_secs(10));
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            "closed after {took:?}"
+        );
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+/// Push a small blob with a monolithic upload; its digest.
+fn push_blob(addr: SocketAddr, repo: &str, data: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+    let mut stream = connect(addr);
+    write!(
+        stream,
+        "POST /v2/{repo}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n\
+         Content-Length: {}\r\n\r\n",
+        data.len()
+    )
+    .unwrap();
+    stream.write_all(data).unwrap();
+    assert_eq!(read_answer(&mut stream).unwrap().status, 201);
+    digest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_do_not_lock_out_a_pull() {
+    // Client and server share this process: 2 descriptors per connection.
+    let (limit, error) = speculum_server::fdlimit::raise();
+    assert!(
+        error.is_none() && limit >= 4500,
+        "open-file limit {limit}: {error:?}"
+    );
+    let server = start().await;
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        let digest = push_blob(addr, "flood/app", b"layer bytes");
+        let idle: Vec<TcpStream> = (0..2000).map(|_| connect(addr)).collect();
+        let start = Instant::now();
+        let mut stream = connect(addr);
+        write!(
+            stream,
+            "GET /v2/flood/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        let answer = read_answer(&mut stream).unwrap();
+        let took = start.elapsed();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, b"layer bytes");
+        assert!(took < Duration::from_secs(2), "the pull took {took:?}");
+        drop(idle);
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_bound_clients_wait_instead_of_failing() {
+    let limits = ConnectionLimits {
+        max_connections: Some(8),
+        ..short_limits(1.0, 30.0)
+    };
+    let server = start_with(limits).await;
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        // Eight silent connections take every slot...
+        let idle: Vec<TcpStream> = (0..8).map(|_| connect(addr)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // ...so the ninth is accepted once the header timeout frees one.
+        let start = Instant::now();
+        let mut stream = connect(addr);
+        stream
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_answer(&mut stream).unwrap().status, 200);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(4),
+            "answered after {took:?}"
+        );
+        drop(idle);
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_the_client_stops_reading_is_cut() {
+    let server = start_with(short_limits(30.0, 30.0)).await;
+    let addr = server.local_addr();
+    tokio::task::spawn_blocking(move || {
+        // Far more than the loopback socket buffers hold.
+        let size = 48 * 1024 * 1024;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let digest = push_blob(addr, "stall/app", &data);
+        let mut stream = connect(addr);
+        write!(
+            stream,
+            "GET /v2/stall/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        // Read nothing while the buffers fill and the 1 s timeout passes...
+        std::thread::sleep(Duration::from_secs(4));
+        // ...then what was already sent arrives, and the connection ends
+        // well short of the whole blob.
+        let mut received = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => received += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("still open after {received} bytes")
+                }
+                Err(_) => break,
+            }
+        }
+        assert!(received < size, "received {received} of {size}");
+        // A client that reads, with pauses shorter than the timeout, gets
+        // it all.
+        let mut stream = connect(addr);
+        write!(
+            stream,
+            "GET /v2/stall/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        let answer = read_answer(&mut stream).unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(answer.body == data, "the whole blob, unchanged");
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
 }
