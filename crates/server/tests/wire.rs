@@ -355,7 +355,7 @@ async fn a_head_sent_a_byte_a_second_is_dropped_after_the_header_timeout() {
         }
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            took >= Duration::from_secs(2) && took < Duration::from_secs(8),
             "dropped after {took:?}"
         );
     })
@@ -379,7 +379,7 @@ async fn a_declared_body_that_never_comes_is_dropped() {
         let took = time_until_closed(&mut stream, Duration::from_secs(10));
         // The body-idle timeout is 1 s; the header and keep-alive ones 30 s.
         assert!(
-            took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+            took >= Duration::from_millis(800) && took < Duration::from_secs(6),
             "closed after {took:?}"
         );
     })
@@ -404,7 +404,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_its_timeout() {
         assert_eq!(read_answer(&mut stream).unwrap().status, 200);
         let took = time_until_closed(&mut stream, Duration::from_secs(10));
         assert!(
-            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            took >= Duration::from_secs(2) && took < Duration::from_secs(8),
             "closed after {took:?}"
         );
     })
@@ -454,7 +454,9 @@ async fn two_thousand_idle_connections_do_not_lock_out_a_pull() {
         let took = start.elapsed();
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, b"layer bytes");
-        assert!(took < Duration::from_secs(2), "the pull took {took:?}");
+        // Not a benchmark: without the fix the pull waits for idle connections to
+        // time out (30 s and more); the margin is for a loaded CI machine.
+        assert!(took < Duration::from_secs(10), "the pull took {took:?}");
         drop(idle);
     })
     .await
@@ -483,7 +485,7 @@ async fn past_the_connection_bound_clients_wait_instead_of_failing() {
         assert_eq!(read_answer(&mut stream).unwrap().status, 200);
         let took = start.elapsed();
         assert!(
-            took >= Duration::from_millis(500) && took < Duration::from_secs(4),
+            took >= Duration::from_millis(500) && took < Duration::from_secs(6),
             "answered after {took:?}"
         );
         drop(idle);
