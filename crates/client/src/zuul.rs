@@ -26,7 +26,7 @@ use speculum_oci::{RepositoryName, Tag};
 use crate::auth::Credentials;
 use crate::copy::{CopyOptions, CopyReport, Endpoint, NoProgress, PlatformSelection, copy};
 use crate::error::{Error, Result};
-use crate::reference::{RegistryRef, host_port};
+use crate::reference::{ImageRef, RegistryRef, host_port};
 use crate::registry::{Registry, RegistryOptions};
 
 /// How many copies of one step run at once.
@@ -218,25 +218,52 @@ impl StepReport {
     }
 }
 
+/// A copy and its place in the plan.
+type PlannedCopy = (usize, Endpoint, Endpoint);
+
+/// Run the copies, [`PARALLEL_COPIES`] repositories at a time.
+///
+/// Copies into one destination repository run one after the other: side by
+/// side they would upload the same blobs twice at once, which some
+/// registries (distribution) answer by refusing the second manifest as
+/// referring to an unknown blob; one after the other, the second copy finds
+/// the blobs there and moves only its manifest. The report keeps the
+/// planned order.
 async fn run_copies(jobs: Vec<(Endpoint, Endpoint)>) -> StepReport {
     let opts = CopyOptions {
         platforms: PlatformSelection::All,
         ..CopyOptions::default()
     };
-    let results: Vec<(String, Result<CopyReport>)> = futures_util::stream::iter(jobs)
-        .map(|(src, dst)| {
+    let mut groups: Vec<(String, Vec<PlannedCopy>)> = Vec::new();
+    for (i, (src, dst)) in jobs.into_iter().enumerate() {
+        let key = match dst.image() {
+            ImageRef::Registry(r) => r.repository_string(),
+            other => other.to_string(),
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push((i, src, dst)),
+            None => groups.push((key, vec![(i, src, dst)])),
+        }
+    }
+    let mut results: Vec<(usize, String, Result<CopyReport>)> = futures_util::stream::iter(groups)
+        .map(|(_, group)| {
             let opts = opts.clone();
             async move {
-                let name = src.image().to_string();
-                let r = copy(&src, &dst, &opts, Arc::new(NoProgress)).await;
-                (name, r)
+                let mut done = Vec::new();
+                for (i, src, dst) in group {
+                    let name = src.image().to_string();
+                    let r = copy(&src, &dst, &opts, Arc::new(NoProgress)).await;
+                    done.push((i, name, r));
+                }
+                done
             }
         })
-        // `buffered`, not `buffer_unordered`: the copies still run
-        // concurrently, but the report lists them in the planned order.
-        .buffered(PARALLEL_COPIES)
+        .buffer_unordered(PARALLEL_COPIES)
+        .flat_map(futures_util::stream::iter)
         .collect()
         .await;
+    results.sort_by_key(|(i, _, _)| *i);
+    let results = results.into_iter().map(|(_, name, r)| (name, r));
     let mut report = StepReport {
         copies: vec![],
         failures: vec![],
