@@ -499,7 +499,33 @@ impl Registry {
             )
             .with_detail(json!({ "size": info.size })));
         }
-        self.append_locked(&id, &mut guard, info.size, body).await
+        let result = self.append_locked(&id, &mut guard, info.size, body).await;
+        self.discard_if_full(&id, &_session, result).await
+    }
+
+    /// Remove an upload session whose write failed for lack of space, and
+    /// pass the result on. Its partial data would otherwise keep the disk
+    /// full until expiry (a day) and fail every other push meanwhile; the
+    /// client's next request on it gets `BLOB_UPLOAD_UNKNOWN` and starts
+    /// over once the operator has freed space. Callers hold the session.
+    async fn discard_if_full<T>(
+        &self,
+        id: &UploadId,
+        session: &SessionRef,
+        result: Result<T>,
+    ) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_storage_full()
+        {
+            match self.backend_ref().delete_upload(id).await {
+                Ok(_) => tracing::debug!(upload = %id, "upload removed: storage is full"),
+                Err(e) => {
+                    tracing::error!(upload = %id, error = %e, "cannot remove an upload that hit a full storage")
+                }
+            }
+            self.forget_session(id, session);
+        }
+        result
     }
 
     /// Stream `body` into the session, keeping the digest state in step with
@@ -553,16 +579,42 @@ impl Registry {
         body: Option<BodyStream>,
     ) -> Result<u64> {
         let (id, session, mut guard, info) = self.lock_session(repo, id).await?;
+        let result = self
+            .finish_locked(repo, &id, &mut guard, info.size, digest, body)
+            .await;
+        let result = self.discard_if_full(&id, &session, result).await;
+        // The in-memory state goes with the stored session (committed, or
+        // removed for a wrong digest); while the session is stored, requests
+        // must keep sharing its lock.
+        let gone = match &result {
+            Ok(_) => true,
+            Err(_) => matches!(self.backend_ref().upload_info(&id).await, Ok(None)),
+        };
+        if gone {
+            self.forget_session(&id, &session);
+        }
+        result
+    }
+
+    /// [`Registry::finish_upload`] once the session is locked.
+    async fn finish_locked(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+        guard: &mut Session,
+        size: u64,
+        digest: &Digest,
+        body: Option<BodyStream>,
+    ) -> Result<u64> {
         if let Some(body) = body {
-            self.append_locked(&id, &mut guard, info.size, body).await?;
+            self.append_locked(id, guard, size, body).await?;
         }
         let actual = match guard.digester.take() {
             Some((alg, d)) if alg == digest.algorithm() => d.finish(),
-            _ => self.rehash(&id, digest.algorithm()).await?,
+            _ => self.rehash(id, digest.algorithm()).await?,
         };
         if actual != *digest {
-            self.backend_ref().delete_upload(&id).await?;
-            self.forget_session(&id, &session);
+            self.backend_ref().delete_upload(id).await?;
             tracing::debug!(%actual, "upload digest mismatch");
             return Err(Error::client(
                 ErrorCode::DigestInvalid,
@@ -571,8 +623,7 @@ impl Registry {
             .with_detail(json!({ "digest": digest, "actual": actual })));
         }
         let _gc = self.inner.gc_lock.read().await;
-        let size = self.backend_ref().commit_upload(&id, digest).await?;
-        self.forget_session(&id, &session);
+        let size = self.backend_ref().commit_upload(id, digest).await?;
         // The blob's own time, which a collector in another process goes
         // by (it may have been stored long ago, and is stored again now).
         self.backend_ref().touch_blob(digest, self.now()).await?;
