@@ -88,7 +88,7 @@ pub use fs::FsBackend;
 pub use memory::MemoryBackend;
 pub use registry::{
     GcOptions, GcReport, GcSummary, PatternError, PruneOptions, Registry, RemovedLink,
-    RemovedManifest, RemovedTag, RetentionPolicy, RetentionRule, TagInfo,
+    RemovedManifest, RemovedTag, RetentionPolicy, RetentionRule, SCRATCH_MAX_AGE, TagInfo,
 };
 
 /// A request body as a stream of chunks.

@@ -36,6 +36,7 @@ mod gc;
 mod retention;
 pub use gc::{
     GcOptions, GcReport, GcSummary, PruneOptions, RemovedLink, RemovedManifest, RemovedTag,
+    SCRATCH_MAX_AGE,
 };
 pub use retention::{PatternError, RetentionPolicy, RetentionRule};
 
