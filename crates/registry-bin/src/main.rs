@@ -117,6 +117,18 @@ struct BuildsetArgs {
     /// Serve plain HTTP instead of TLS (for tests, or behind a TLS proxy).
     #[arg(long)]
     insecure_http: bool,
+
+    /// Remove upload sessions started this long ago (`90s`, `30m`, `2h`):
+    /// what a client abandoned. A buildset registry runs no garbage
+    /// collection; this timer is its only cleanup.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "SPECULUM_BUILDSET_UPLOAD_EXPIRY",
+        default_value = "1h",
+        value_parser = speculum_server::config::parse_duration
+    )]
+    upload_expiry: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -286,6 +298,7 @@ async fn buildset(args: BuildsetArgs, started: Instant) -> anyhow::Result<()> {
         username: args.username,
         password,
         insecure_http: args.insecure_http,
+        upload_max_age: args.upload_expiry,
     };
     // Install the signal handlers before announcing readiness, so a signal
     // sent right after the info appears is never missed.

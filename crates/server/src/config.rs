@@ -203,7 +203,7 @@ impl<'de> Deserialize<'de> for DurationValue {
 
 /// Parse a duration written as text in any config section: a number of
 /// seconds (`"90"`) or a human duration (`90s`, `12h`, `7days`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));

@@ -45,7 +45,10 @@ use axum::response::{IntoResponse, Response};
 use speculum_storage::Registry;
 
 pub use auth::{Access, Action, AuthPolicy, DEFAULT_SERVICE, Identity, User};
-pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, write_info_file};
+pub use buildset::{
+    BUILDSET_UPLOAD_MAX_AGE, BuildsetOptions, BuildsetServer, RegistryInfo, StartError,
+    write_info_file,
+};
 pub use config::{ConfigError, LogFormat, Settings};
 pub use error::{ApiError, ApiResult};
 pub use intermediate::{IntermediateServer, prune_options, run_prune};
