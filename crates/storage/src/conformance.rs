@@ -78,7 +78,8 @@ macro_rules! conformance_tests {
             prune_during_pushes,
             blob_times,
             collector_lock_is_exclusive,
-            prune_beside_another_process
+            prune_beside_another_process,
+            upload_sessions_bounded_per_owner
         );
         $crate::conformance_tests!(@fixture_cases $make;
             stale_scratch_removed_young_kept
@@ -2580,4 +2581,55 @@ pub async fn stale_scratch_removed_young_kept(registry: &Registry, fixture: &imp
     // Once old, the young ones go too (and leave the store clean).
     let removed = be.remove_scratch(now + SECOND, false).await.unwrap();
     assert_eq!(sorted(removed), young);
+}
+
+/// Each owner has at most `max_open` upload sessions open: past it, a new
+/// one is `TOOMANYREQUESTS` and nothing is created; other owners are not
+/// affected; a session finished, cancelled, removed for a wrong digest or
+/// expired frees its slot.
+pub async fn upload_sessions_bounded_per_owner(registry: &Registry) {
+    let r = repo("conf/bounded");
+    let start = |owner: &'static str| registry.start_upload_as(&r, owner, 3);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(start("alice").await.unwrap());
+    }
+    assert_eq!(code(start("alice").await), ErrorCode::TooManyRequests);
+    assert_eq!(registry.uploads().await.unwrap().len(), 3);
+    let bob = start("bob").await.unwrap();
+
+    // Cancelled.
+    registry.cancel_upload(&r, &open.remove(0)).await.unwrap();
+    open.push(start("alice").await.unwrap());
+    assert_eq!(code(start("alice").await), ErrorCode::TooManyRequests);
+    // Finished.
+    let d = Digest::sha256(b"done");
+    let id = open.remove(0);
+    registry
+        .finish_upload(&r, &id, &d, Some(body("done")))
+        .await
+        .unwrap();
+    open.push(start("alice").await.unwrap());
+    // Wrong digest.
+    let id = open.remove(0);
+    let wrong = registry
+        .finish_upload(&r, &id, &d, Some(body("other")))
+        .await;
+    assert_eq!(code(wrong), ErrorCode::DigestInvalid);
+    open.push(start("alice").await.unwrap());
+    // Expired.
+    let id = open.remove(0);
+    assert!(
+        registry
+            .purge_upload(&crate::UploadId::parse(&id).unwrap())
+            .await
+            .unwrap()
+    );
+    open.push(start("alice").await.unwrap());
+    assert_eq!(code(start("alice").await), ErrorCode::TooManyRequests);
+
+    for id in open.iter().chain([&bob]) {
+        registry.cancel_upload(&r, id).await.unwrap();
+    }
+    registry.delete_blob(&r, &d).await.unwrap();
 }

@@ -33,6 +33,7 @@ use crate::memory::MemoryBackend;
 use crate::{BlobBody, BodyStream, ByteRange, Error, Page, PutManifest, Result, StoredManifest};
 
 mod gc;
+mod owners;
 mod retention;
 pub use gc::{
     GcOptions, GcReport, GcSummary, PruneOptions, RemovedLink, RemovedManifest, RemovedTag,
@@ -70,6 +71,8 @@ struct Inner {
     /// One collection at a time.
     gc_run: tokio::sync::Mutex<()>,
     clock: std::sync::RwLock<Clock>,
+    /// Open upload sessions per owner, for [`Registry::start_upload_as`].
+    owners: owners::Owners,
 }
 
 /// The registry layer over a backend. Cheap to clone.
@@ -223,6 +226,7 @@ impl Registry {
                 noted: Mutex::default(),
                 gc_run: tokio::sync::Mutex::default(),
                 clock: std::sync::RwLock::new(Arc::new(SystemTime::now)),
+                owners: owners::Owners::default(),
             }),
         }
     }
@@ -417,12 +421,37 @@ impl Registry {
     #[tracing::instrument(level = "debug", skip_all, fields(%repo))]
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<String> {
         let id = UploadId::new();
-        self.backend_ref().create_upload(&id, repo).await?;
+        self.create_session(repo, &id).await?;
+        Ok(id.to_string())
+    }
+
+    /// Start an upload session in `repo` for `owner` (a user name; any
+    /// fixed string for anonymous clients), unless `owner` has `max_open`
+    /// sessions open already: then [`ErrorCode::TooManyRequests`]. A
+    /// session stops counting once it is finished, cancelled or expired.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, owner))]
+    pub async fn start_upload_as(
+        &self,
+        repo: &RepositoryName,
+        owner: &str,
+        max_open: usize,
+    ) -> Result<String> {
+        let id = UploadId::new();
+        self.reserve_session(owner, &id, max_open).await?;
+        if let Err(e) = self.create_session(repo, &id).await {
+            self.release_session(owner, &id);
+            return Err(e);
+        }
+        Ok(id.to_string())
+    }
+
+    async fn create_session(&self, repo: &RepositoryName, id: &UploadId) -> Result<()> {
+        self.backend_ref().create_upload(id, repo).await?;
         let session = Session {
             digester: Some((Algorithm::Sha256, Algorithm::Sha256.digester())),
         };
         lock(&self.inner.sessions).insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
-        Ok(id.to_string())
+        Ok(())
     }
 
     /// Check that `id` names an upload session of `repo`.
