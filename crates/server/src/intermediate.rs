@@ -135,6 +135,7 @@ impl IntermediateServer {
         let state = customize(
             AppState::new(registry.clone(), auth)
                 .with_metrics(metrics.clone(), settings.metrics)
+                .with_uploads_per_user(settings.uploads_per_user)
                 .with_notifier(notifier)
                 .with_upstreams(upstreams),
         );

@@ -9,7 +9,7 @@ use speculum_oci::{Digest, ErrorCode, paths};
 use super::{
     Ctx, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, hv, parse_digest, store_body, upload_range,
 };
-use crate::auth::Action;
+use crate::auth::{Action, Identity};
 use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
 
@@ -105,7 +105,14 @@ pub(crate) async fn start(ctx: &Ctx, repo: &Repo, body: Body) -> ApiResult<Respo
         tracing::info!(repo = %repo.stored, %digest, size, "blob pushed");
         return created(repo, &digest);
     }
-    let id = registry.start_upload(&repo.stored).await?;
+    // Anonymous clients (when a policy lets them push) share one bound.
+    let owner = match &identity {
+        Identity::User(name) => name.as_str(),
+        Identity::Anonymous => "",
+    };
+    let id = registry
+        .start_upload_as(&repo.stored, owner, ctx.state.uploads_per_user())
+        .await?;
     session(StatusCode::ACCEPTED, repo, &id, 0)
 }
 
