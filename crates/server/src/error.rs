@@ -208,3 +208,19 @@ impl IntoResponse for ApiError {
 
 /// A result whose error is an [`ApiError`].
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_full_is_507_with_a_plain_message() {
+        let cause = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = ApiError::from(speculum_storage::Error::from(cause));
+        assert_eq!(e.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code(), "UNKNOWN");
+        assert!(e.to_string().contains("storage is full"), "{e}");
+        let other = ApiError::from(speculum_storage::Error::from(std::io::Error::other("x")));
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

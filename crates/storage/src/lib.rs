@@ -272,3 +272,32 @@ pub struct Page {
     /// Whether more items follow the last one.
     pub more: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error as IoError, ErrorKind};
+
+    use super::Error;
+
+    #[test]
+    fn out_of_space_is_told_apart() {
+        let full = [
+            IoError::from(ErrorKind::StorageFull),
+            IoError::from(ErrorKind::QuotaExceeded),
+            IoError::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+            IoError::from_raw_os_error(rustix::io::Errno::DQUOT.raw_os_error()),
+        ];
+        for e in full {
+            let e = Error::from(e);
+            assert!(e.is_storage_full(), "{e:?}");
+            assert_eq!(e.code(), None);
+        }
+        for e in [
+            IoError::from(ErrorKind::NotFound),
+            IoError::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()),
+            IoError::other("no space left on device"),
+        ] {
+            assert!(matches!(Error::from(e), Error::Io(_)));
+        }
+    }
+}

@@ -516,7 +516,7 @@ impl Registry {
         start: Option<u64>,
         body: BodyStream,
     ) -> Result<u64> {
-        let (id, _session, mut guard, info) = self.lock_session(repo, id).await?;
+        let (id, session, mut guard, info) = self.lock_session(repo, id).await?;
         if let Some(start) = start
             && start != info.size
         {
@@ -530,7 +530,7 @@ impl Registry {
             .with_detail(json!({ "size": info.size })));
         }
         let result = self.append_locked(&id, &mut guard, info.size, body).await;
-        self.discard_if_full(&id, &_session, result).await
+        self.discard_if_full(&id, &session, result).await
     }
 
     /// Remove an upload session whose write failed for lack of space, and
