@@ -139,6 +139,18 @@ struct BuildsetArgs {
     /// accepted (default: from the open-file limit).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+
+    /// Remove upload sessions started this long ago (`90s`, `30m`, `2h`):
+    /// what a client abandoned. A buildset registry runs no garbage
+    /// collection; this timer is its only cleanup.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "SPECULUM_BUILDSET_UPLOAD_EXPIRY",
+        default_value = "1h",
+        value_parser = parse_duration
+    )]
+    upload_expiry: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -339,6 +351,7 @@ async fn buildset(args: BuildsetArgs, started: Instant) -> anyhow::Result<()> {
             keep_alive_timeout: args.keep_alive_timeout,
             max_connections: args.max_connections.map(|n| n as usize),
         },
+        upload_max_age: args.upload_expiry,
     };
     // Install the signal handlers before announcing readiness, so a signal
     // sent right after the info appears is never missed.

@@ -1491,3 +1491,157 @@ fn out_of_descriptors_accept_backs_off_and_recovers() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A tmpfs mounted for one test; unmounted (lazily, so a process still
+/// using it cannot keep it) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`8m`) on `path`. The tests run as root (as
+    /// CI does); where mounting is impossible the test fails, never skips.
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let out = run(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path),
+            DEFAULT_TIMEOUT,
+        );
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (the full-disk test needs root): {}",
+            out.stderr
+        );
+        Tmpfs(path.to_path_buf())
+    }
+
+    /// Free bytes, as a writer that is not root sees them.
+    fn available(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The first error of a spec error body: its code and message.
+fn spec_error(body: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    let e = &v["errors"][0];
+    (
+        e["code"].as_str().unwrap_or_default().to_string(),
+        e["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
+/// Assert a 507 whose spec error body says the storage is full.
+#[track_caller]
+fn assert_storage_full(what: &str, status: u16, body: &[u8]) {
+    assert_eq!(status, 507, "{what}: {}", String::from_utf8_lossy(body));
+    let (code, message) = spec_error(body);
+    assert_eq!(code, "UNKNOWN", "{what}");
+    assert!(message.contains("storage is full"), "{what}: {message}");
+}
+
+/// Issue 9 (disk full): a push larger than the free space is answered 507
+/// with a message that says so (not `500 UNKNOWN`), the partial upload is
+/// removed at once (its space is free again, its session unknown), nothing
+/// partial is visible, manifest and tag writes on a full disk get 507 too,
+/// and once space is free the next push succeeds with no help.
+#[test]
+fn full_disk_is_refused_clearly_and_heals() {
+    use speculum_oci::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("data"), "8m");
+    let port = free_port();
+    let config = prune_config(dir.path(), port, "{grace: 1h}");
+    let serve = Serve::start(&config, port, &[]);
+    let free = disk.available();
+    let big: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    let big_digest = Digest::sha256(&big);
+
+    // Chunked: the session is gone with its bytes.
+    let (status, headers, _) = http(port, "POST", "/v2/full/app/blobs/uploads/", &[], &[]);
+    assert_eq!(status, 202);
+    let location = header(&headers, "location").to_string();
+    let (status, _, body) = http(port, "PATCH", &location, &[], &big);
+    assert_storage_full("PATCH", status, &body);
+    assert!(
+        disk.available() + (64 << 10) >= free,
+        "the partial upload still holds space"
+    );
+    let (status, _, body) = http(port, "PATCH", &location, &[], b"more");
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(spec_error(&body).0, "BLOB_UPLOAD_UNKNOWN");
+
+    // Monolithic, in one POST.
+    let path = format!("/v2/full/app/blobs/uploads/?digest={big_digest}");
+    let (status, _, body) = http(port, "POST", &path, &[], &big);
+    assert_storage_full("POST", status, &body);
+    assert!(disk.available() + (64 << 10) >= free);
+    let (status, _, _) = http(
+        port,
+        "GET",
+        &format!("/v2/full/app/blobs/{big_digest}"),
+        &[],
+        &[],
+    );
+    assert_eq!(status, 404);
+
+    // A full disk (filled by someone else): a manifest push and its tag.
+    let blobs_first = push_small_image(port, "full/app", "base", "before").unwrap();
+    let filler = dir.path().join("data/filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write_all(&[0; 64 << 10]).is_ok() {}
+    drop(file);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": blobs_first.blobs[0].0, "size": blobs_first.blobs[0].1.len(),
+        },
+        "layers": [],
+        "annotations": {"pushed": "on a full disk"},
+    }))
+    .unwrap();
+    let (status, _, body) = http(
+        port,
+        "PUT",
+        "/v2/full/app/manifests/full",
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        &manifest,
+    );
+    assert_storage_full("manifest PUT", status, &body);
+    let (status, _, _) = http(port, "GET", "/v2/full/app/manifests/full", &[], &[]);
+    assert_eq!(status, 404);
+
+    // Space freed: pushes work again, with nothing left over.
+    std::fs::remove_file(&filler).unwrap();
+    let pushed = push_small_image(port, "full/app", "after", "after").expect("push after");
+    assert_eq!(check_pulled(port, &pushed), None);
+    assert_eq!(check_pulled(port, &blobs_first), None);
+    for scratch in ["uploads", "tmp"] {
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("data").join(scratch))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{scratch}/ holds {left:?}");
+    }
+    let log = serve.log();
+    assert!(log.contains("storage is full"), "{log}");
+    serve.stop();
+    drop(disk);
+}

@@ -9,6 +9,7 @@ use std::fmt;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 use speculum_storage::Registry;
@@ -39,7 +40,18 @@ pub struct BuildsetOptions {
     pub insecure_http: bool,
     /// Connection timeouts and the bound on connections.
     pub connections: ConnectionLimits,
+    /// Remove upload sessions started this long ago (default: one hour,
+    /// [`BUILDSET_UPLOAD_MAX_AGE`]).
+    pub upload_max_age: Duration,
 }
+
+/// How long a buildset registry keeps an upload session: an hour. `serve`
+/// keeps one for a day (its `gc.uploads`), for slow pushes from far away;
+/// a buildset registry lives for one buildset, next to its clients, so an
+/// upload that has not finished within an hour was abandoned, and left
+/// alone for a day it would outlive the registry (1.1 GB once piled up in
+/// one run).
+pub const BUILDSET_UPLOAD_MAX_AGE: Duration = Duration::from_secs(3600);
 
 impl Default for BuildsetOptions {
     fn default() -> Self {
@@ -52,6 +64,7 @@ impl Default for BuildsetOptions {
             password: None,
             insecure_http: false,
             connections: ConnectionLimits::default(),
+            upload_max_age: BUILDSET_UPLOAD_MAX_AGE,
         }
     }
 }
@@ -115,6 +128,7 @@ pub struct BuildsetServer {
     info: RegistryInfo,
     root: PathBuf,
     temp: Option<tempfile::TempDir>,
+    expiry: tokio::task::JoinHandle<()>,
 }
 
 impl BuildsetServer {
@@ -142,6 +156,8 @@ impl BuildsetServer {
         let registry = Registry::filesystem(&root)
             .await
             .map_err(|e| StartError::Storage(e.to_string()))?;
+        crate::intermediate::remove_stale_scratch(&registry).await;
+        let expiry = tokio::spawn(expire_uploads(registry.clone(), options.upload_max_age));
 
         let (tls, cert) = if options.insecure_http {
             (None, String::new())
@@ -203,6 +219,7 @@ impl BuildsetServer {
             info,
             root,
             temp,
+            expiry,
         })
     }
 
@@ -223,6 +240,7 @@ impl BuildsetServer {
 
     /// Stop serving, then remove temporary storage.
     pub async fn shutdown(self) {
+        self.expiry.abort();
         self.server.shutdown().await;
         if let Some(temp) = self.temp {
             let path = temp.path().to_path_buf();
@@ -231,6 +249,21 @@ impl BuildsetServer {
             }
         }
         tracing::info!("buildset registry stopped");
+    }
+}
+
+/// Remove abandoned upload sessions, as `serve`'s collection does, for as
+/// long as the registry runs: checked every quarter of `max_age` (at least
+/// a second, at most ten minutes), so a session goes at most that late.
+async fn expire_uploads(registry: Registry, max_age: Duration) {
+    let period = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::time::sleep(period).await;
+        match registry.expire_uploads(max_age).await {
+            Ok(ids) if ids.is_empty() => {}
+            Ok(ids) => tracing::info!(count = ids.len(), "abandoned uploads removed"),
+            Err(e) => tracing::error!(error = %e, "cannot remove abandoned uploads"),
+        }
     }
 }
 

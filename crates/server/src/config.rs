@@ -114,6 +114,8 @@ pub(crate) struct RawRegistry {
     retention: Option<Vec<RawRetentionRule>>,
     /// Scheduled garbage collection.
     gc: Option<RawGc>,
+    /// The most upload sessions one user may have open.
+    uploads_per_user: Option<usize>,
     /// Serve `/metrics`.
     metrics: Option<bool>,
     /// `text` or `json`.
@@ -334,6 +336,9 @@ pub struct Settings {
     pub retention: Vec<RetentionRuleSettings>,
     /// Garbage collection.
     pub gc: GcSettings,
+    /// The most upload sessions one user (or all anonymous clients) may
+    /// have open; past it, starting one is refused with 429.
+    pub uploads_per_user: usize,
     /// Whether `/metrics` is served.
     pub metrics: bool,
     /// The log format (the command line may override it).
@@ -594,6 +599,15 @@ impl Settings {
             storage_root,
             retention,
             gc,
+            uploads_per_user: match raw.uploads_per_user {
+                Some(0) => {
+                    return Err(err(
+                        "registry.uploads-per-user",
+                        "must be at least 1".into(),
+                    ));
+                }
+                n => n.unwrap_or(crate::DEFAULT_UPLOADS_PER_USER),
+            },
             metrics: raw.metrics.unwrap_or(true),
             log_format: raw.log_format.unwrap_or_default(),
             token_expiry,
@@ -783,7 +797,7 @@ registry:
     fn relative_paths_and_speculum_keys() {
         let s = parse(
             "registry:\n  address: 127.0.0.1\n  port: 0\n  storage: {driver: filesystem, root: data}\n  \
-             anonymous-read: false\n  gc: {interval: 1h, grace: 30m, uploads: 2d}\n  metrics: false\n  \
+             anonymous-read: false\n  gc: {interval: 1h, grace: 30m, uploads: 2d}\n  uploads-per-user: 7\n  metrics: false\n  \
              log-format: json\n  token-expiry: 5m\n  retention:\n    - {tags: '.*', older-than: 7days}\n",
         )
         .unwrap();
@@ -792,6 +806,7 @@ registry:
         assert_eq!(s.gc.interval, Some(Duration::from_secs(3600)));
         assert_eq!(s.gc.grace, Duration::from_secs(1800));
         assert_eq!(s.gc.upload_max_age, Duration::from_secs(2 * 86400));
+        assert_eq!(s.uploads_per_user, 7);
         assert!(!s.metrics);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.token_expiry, Duration::from_secs(300));

@@ -1,5 +1,6 @@
 //! Reading and dropping the rest of a request body that is refused before it
-//! was read (a manifest over the size limit answered 413).
+//! was read (a manifest over the size limit answered 413, an upload chunk
+//! that met a full disk answered 507).
 //!
 //! Why: on HTTP/1.1 many clients write the whole body before they read the
 //! answer. If the server answers early and closes the connection with body
@@ -16,11 +17,16 @@
 //! stream with `RST_STREAM(NO_ERROR)`, which clients read as "stop sending"
 //! after the answer.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, BodyDataStream};
 use axum::http::{HeaderMap, Version, header};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
+use speculum_storage::BodyStream;
 
 /// At most this many bytes of a refused body are read and dropped.
 pub(crate) const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
@@ -56,5 +62,48 @@ pub(crate) async fn discard<E>(
     .await;
     if drained != Ok(true) {
         tracing::debug!(read, "refused body not drained to its end; closing");
+    }
+}
+
+/// A request body lent to storage as a stream, whose unread rest can still
+/// be drained when storage gives up on it midway (the disk filled up during
+/// an upload): storage drops its stream, the rest stays reachable here.
+pub(crate) struct Lent(Arc<Mutex<Option<BodyDataStream>>>);
+
+/// The half of a [`Lent`] body that storage reads.
+struct LentStream(Arc<Mutex<Option<BodyDataStream>>>);
+
+// The stream is only polled under the lock, never across an await, and a
+// panic while polling leaves nothing half-updated.
+fn lock(m: &Mutex<Option<BodyDataStream>>) -> MutexGuard<'_, Option<BodyDataStream>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Lent {
+    /// Lend `body`: the stream for storage, and the handle kept here.
+    pub(crate) fn new(body: Body) -> (Lent, BodyStream) {
+        let shared = Arc::new(Mutex::new(Some(body.into_data_stream())));
+        (Lent(shared.clone()), Box::pin(LentStream(shared)))
+    }
+
+    /// Read and drop what storage left unread, as [`discard`] does.
+    pub(crate) async fn discard_rest(self) {
+        let Some(stream) = lock(&self.0).take() else {
+            return;
+        };
+        discard(stream, 0).await;
+    }
+}
+
+impl Stream for LentStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match lock(&self.0).as_mut() {
+            Some(stream) => Pin::new(stream)
+                .poll_next(cx)
+                .map(|item| item.map(|r| r.map_err(std::io::Error::other))),
+            None => Poll::Ready(None),
+        }
     }
 }

@@ -10,6 +10,10 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use speculum_oci::{ErrorBody, ErrorCode, ErrorEntry};
 
+/// What a client is told when the registry's storage is full.
+pub(crate) const STORAGE_FULL_MESSAGE: &str =
+    "the registry's storage is full; retry once the operator has freed space";
+
 /// An error answered to a client as a spec error body:
 /// `{"errors":[{"code","message","detail"}]}`.
 ///
@@ -64,6 +68,29 @@ impl ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             code: "UNKNOWN",
             message: "internal server error".to_string(),
+            detail: None,
+            headers: Vec::new(),
+            cause: Some(cause.to_string()),
+        }))
+    }
+
+    /// The storage is out of space: 507 Insufficient Storage (RFC 4918),
+    /// logged for the operator with `cause`, who must free space; the
+    /// client is told plainly, since it cannot fix it and should not blame
+    /// its image.
+    ///
+    /// The code is `UNKNOWN`, distribution's code for a failure on the
+    /// registry's side. The spec's table has no code for this (every code in
+    /// it names a client mistake, and none fits: `SIZE_INVALID` or `DENIED`
+    /// would send clients and operators looking at the wrong thing); a new
+    /// code would buy nothing, since Docker and containers/image read any
+    /// code they do not know as `UNKNOWN` anyway, and could trip strict
+    /// parsers. The status and the message carry the meaning.
+    pub fn storage_full(cause: impl fmt::Display) -> ApiError {
+        ApiError(Box::new(Parts {
+            status: StatusCode::INSUFFICIENT_STORAGE,
+            code: "UNKNOWN",
+            message: STORAGE_FULL_MESSAGE.to_string(),
             detail: None,
             headers: Vec::new(),
             cause: Some(cause.to_string()),
@@ -131,6 +158,7 @@ impl From<speculum_storage::Error> for ApiError {
                 e.0.detail = detail;
                 e
             }
+            speculum_storage::Error::StorageFull(cause) => ApiError::storage_full(cause),
             other => ApiError::internal(other),
         }
     }
@@ -145,7 +173,12 @@ impl From<speculum_oci::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let this = *self.0;
-        if let Some(cause) = &this.cause {
+        if let Some(cause) = &this.cause
+            && this.status == StatusCode::INSUFFICIENT_STORAGE
+        {
+            // The one line for the operator; the storage layer logs nothing.
+            tracing::error!(cause = %cause, "storage is full: push refused; free space to recover");
+        } else if let Some(cause) = &this.cause {
             tracing::error!(cause = %cause, "internal error");
         } else if this.status.is_client_error() {
             tracing::debug!(code = this.code, status = this.status.as_u16(), message = %this.message, "client error");
@@ -175,3 +208,19 @@ impl IntoResponse for ApiError {
 
 /// A result whose error is an [`ApiError`].
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_full_is_507_with_a_plain_message() {
+        let cause = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let e = ApiError::from(speculum_storage::Error::from(cause));
+        assert_eq!(e.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code(), "UNKNOWN");
+        assert!(e.to_string().contains("storage is full"), "{e}");
+        let other = ApiError::from(speculum_storage::Error::from(std::io::Error::other("x")));
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -19,7 +19,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use speculum_oci::{Digest, ErrorCode};
 use speculum_storage::BodyStream;
 
@@ -193,9 +193,26 @@ pub(crate) fn parse_digest(s: &str) -> ApiResult<Digest> {
         .map_err(|e| ApiError::new(ErrorCode::DigestInvalid).message(e.to_string()))
 }
 
-/// A request body as the storage layer's stream of chunks.
-pub(crate) fn body_stream(body: Body) -> BodyStream {
-    Box::pin(body.into_data_stream().map_err(std::io::Error::other))
+/// Stream `body` into storage with `store`; if storage gives up on it
+/// because the disk is full, drain the rest (when the request calls for
+/// it) so that the client reads the 507 rather than a connection reset.
+pub(crate) async fn store_body<T, F>(
+    ctx: &Ctx,
+    body: Body,
+    store: impl FnOnce(BodyStream) -> F,
+) -> Result<T, speculum_storage::Error>
+where
+    F: std::future::Future<Output = Result<T, speculum_storage::Error>>,
+{
+    let (lent, stream) = crate::drain::Lent::new(body);
+    let result = store(stream).await;
+    if let Err(e) = &result
+        && e.is_storage_full()
+        && ctx.drains_refused_body()
+    {
+        lent.discard_rest().await;
+    }
+    result
 }
 
 /// Read a whole body of at most `limit` bytes. `None` means it was larger;

@@ -46,6 +46,15 @@ pub fn prune_options(settings: &Settings, dry_run: bool) -> Result<PruneOptions,
     Ok(options)
 }
 
+/// Remove what a crash left mid-write (never a write in flight: see
+/// [`speculum_storage::SCRATCH_MAX_AGE`]), at start. A failure is logged,
+/// not fatal: the next collection tries again.
+pub(crate) async fn remove_stale_scratch(registry: &Registry) {
+    if let Err(e) = registry.remove_stale_scratch(false).await {
+        tracing::warn!(error = %e, "cannot remove stale scratch files");
+    }
+}
+
 /// Run one prune and record it in `metrics`. Fails with
 /// [`speculum_storage::Error::CollectionRunning`], recording nothing, when
 /// another collection holds the store's collector lock.
@@ -113,6 +122,7 @@ impl IntermediateServer {
         let registry = Registry::filesystem(&settings.storage_root)
             .await
             .map_err(|e| StartError::Storage(e.to_string()))?;
+        remove_stale_scratch(&registry).await;
         let tls = match &settings.tls {
             Some(files) => Some(server_config_from_files(&files.cert, &files.key)?),
             None => None,
@@ -125,6 +135,7 @@ impl IntermediateServer {
         let state = customize(
             AppState::new(registry.clone(), auth)
                 .with_metrics(metrics.clone(), settings.metrics)
+                .with_uploads_per_user(settings.uploads_per_user)
                 .with_notifier(notifier)
                 .with_upstreams(upstreams),
         );

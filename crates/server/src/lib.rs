@@ -50,7 +50,10 @@ use axum::response::{IntoResponse, Response};
 use speculum_storage::Registry;
 
 pub use auth::{Access, Action, AuthPolicy, DEFAULT_SERVICE, Identity, User};
-pub use buildset::{BuildsetOptions, BuildsetServer, RegistryInfo, StartError, write_info_file};
+pub use buildset::{
+    BUILDSET_UPLOAD_MAX_AGE, BuildsetOptions, BuildsetServer, RegistryInfo, StartError,
+    write_info_file,
+};
 pub use config::{ConfigError, LogFormat, Settings};
 pub use error::{ApiError, ApiResult};
 pub use intermediate::{IntermediateServer, prune_options, run_prune};
@@ -88,7 +91,13 @@ struct Inner {
     upstreams: Upstreams,
     metrics: Arc<Metrics>,
     serve_metrics: bool,
+    uploads_per_user: usize,
 }
+
+/// How many upload sessions one user may have open by default: far more
+/// than a push needs (a client uploads a few layers at a time), few enough
+/// that one client cannot fill the storage with sessions it abandons.
+pub const DEFAULT_UPLOADS_PER_USER: usize = 100;
 
 impl AppState {
     /// State over `registry`, guarded by `auth`.
@@ -101,6 +110,7 @@ impl AppState {
                 upstreams: Upstreams::none(),
                 metrics: Metrics::new(),
                 serve_metrics: true,
+                uploads_per_user: DEFAULT_UPLOADS_PER_USER,
             }),
         }
     }
@@ -115,6 +125,22 @@ impl AppState {
                 ..(*self.inner).clone()
             }),
         }
+    }
+
+    /// The same state, allowing each user `max` open upload sessions
+    /// (default [`DEFAULT_UPLOADS_PER_USER`]).
+    pub fn with_uploads_per_user(self, max: usize) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                uploads_per_user: max,
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// How many upload sessions each user may have open.
+    pub(crate) fn uploads_per_user(&self) -> usize {
+        self.inner.uploads_per_user
     }
 
     /// The metrics.

@@ -1386,3 +1386,44 @@ backend_tests!(
     namespaces,
     auth,
 );
+
+/// Issue 9: a user may hold only so many upload sessions open; past the
+/// bound, starting one is `429 TOOMANYREQUESTS` with a message that says
+/// why, and a cancelled or finished session frees its slot. A monolithic
+/// push (its session lives only for the request) is not refused.
+#[tokio::test]
+async fn upload_sessions_per_user_are_bounded() {
+    let app = router(
+        AppState::new(Registry::memory(), AuthPolicy::buildset(USER, PASSWORD))
+            .with_uploads_per_user(2),
+    );
+    let f = Fixture { app, dir: None };
+    let start = || f.send("POST", "/v2/app/blobs/uploads/", &[], Body::empty());
+    let first = start().await;
+    first.expect(202);
+    start().await.expect(202);
+    let refused = start().await;
+    refused.expect_error(429, "TOOMANYREQUESTS");
+    let message = refused.json()["errors"][0]["message"].to_string();
+    assert!(message.contains("too many upload sessions"), "{message}");
+    f.blob("app", b"monolithic").await;
+
+    let location = first.header("location").unwrap().to_string();
+    f.send("DELETE", &location, &[], Body::empty())
+        .await
+        .expect(204);
+    let third = start().await;
+    third.expect(202);
+    start().await.expect_error(429, "TOOMANYREQUESTS");
+    let location = third.header("location").unwrap().to_string();
+    let digest = Digest::sha256(b"done");
+    f.send(
+        "PUT",
+        &format!("{location}?digest={digest}"),
+        &[],
+        b"done".to_vec(),
+    )
+    .await
+    .expect(201);
+    start().await.expect(202);
+}

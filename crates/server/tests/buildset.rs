@@ -189,3 +189,58 @@ async fn buildset_plain_http_ipv6_and_fixed_password() {
     server.shutdown().await;
     assert!(root.path().join("store").exists(), "--root storage is kept");
 }
+
+/// Issue 9: a buildset registry removes an upload its client abandoned
+/// once it is older than `upload_max_age` (`--upload-expiry`, one hour by
+/// default, two seconds here), as `serve`'s collection does: its data goes
+/// and the session is unknown. A finished push stays.
+#[tokio::test]
+async fn buildset_expires_abandoned_uploads() {
+    let root = tempfile::tempdir().unwrap();
+    let options = BuildsetOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        root: Some(root.path().to_path_buf()),
+        password: Some("pw".to_string()),
+        insecure_http: true,
+        upload_max_age: std::time::Duration::from_secs(2),
+        ..BuildsetOptions::default()
+    };
+    let server = BuildsetServer::start(options).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("zuul:pw");
+    let addr = server.local_addr();
+    let request = |head: String| async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        http(tcp, &head).await
+    };
+    let post = format!(
+        "POST /v2/app/blobs/uploads/ HTTP/1.1\r\nHost: r\r\nAuthorization: Basic {auth}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let response = request(post).await;
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    let location = response
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .to_string();
+    let uploads = root.path().join("uploads");
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&uploads).unwrap().count() > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the abandoned upload was not removed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(start.elapsed() >= std::time::Duration::from_secs(1));
+    let patch = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: r\r\nAuthorization: Basic {auth}\r\n\
+         Content-Length: 4\r\nConnection: close\r\n\r\nmore"
+    );
+    let response = request(patch).await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(response.contains("BLOB_UPLOAD_UNKNOWN"), "{response}");
+    server.shutdown().await;
+}

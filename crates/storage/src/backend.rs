@@ -202,6 +202,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Empty when the backend is idle and healthy.
     async fn scratch(&self) -> Result<Vec<String>>;
 
+    /// Remove the scratch objects ([`Backend::scratch`]) last written
+    /// before `before` and return their names; with `dry_run`, only return
+    /// them. The scratch of a write in progress is moments old, so a cut-off
+    /// well in the past removes only what a crash left behind.
+    async fn remove_scratch(&self, before: SystemTime, dry_run: bool) -> Result<Vec<String>>;
+
     /// Become the one garbage collector of this store, across every process
     /// that opens it: `Some(lock)`, held until dropped, or `None` at once if
     /// another collector holds it. Never waits.

@@ -36,7 +36,7 @@ use tokio::io::AsyncReadExt as _;
 
 use crate::{
     BlobBody, BodyStream, ByteRange, Error, PruneOptions, Registry, Result, RetentionPolicy,
-    RetentionRule,
+    RetentionRule, SCRATCH_MAX_AGE,
 };
 
 /// Define one `#[tokio::test]` per conformance case. `$make` is an async
@@ -78,7 +78,11 @@ macro_rules! conformance_tests {
             prune_during_pushes,
             blob_times,
             collector_lock_is_exclusive,
-            prune_beside_another_process
+            prune_beside_another_process,
+            upload_sessions_bounded_per_owner
+        );
+        $crate::conformance_tests!(@fixture_cases $make;
+            stale_scratch_removed_young_kept
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -91,7 +95,36 @@ macro_rules! conformance_tests {
             }
         )*
     };
+    // Cases that also need the guard, a [`Fixture`](crate::conformance::Fixture).
+    (@fixture_cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (registry, guard) = $make.await;
+                $crate::conformance::$case(&registry, &guard).await;
+                $crate::conformance::assert_clean(&registry).await;
+            }
+        )*
+    };
 }
+
+/// What a backend's test keeps alive beside its registry (a temporary
+/// directory, say), and what it can do that no registry operation does:
+/// leave behind what only a crash leaves.
+pub trait Fixture {
+    /// Leave a scratch object last written at `modified`, as a crash in
+    /// the middle of a write would: a file, or with `staging` a directory
+    /// with a file in it (an upload session being created). Returns its
+    /// name as [`Backend::scratch`](crate::Backend::scratch) lists it;
+    /// `None` (the default) for a backend whose scratch dies with it.
+    fn plant_scratch(&self, staging: bool, modified: SystemTime) -> Option<String> {
+        let _ = (staging, modified);
+        None
+    }
+}
+
+/// A backend with nothing that outlives a crash (memory).
+impl Fixture for () {}
 
 // ---- helpers ------------------------------------------------------------
 
@@ -2489,4 +2522,114 @@ pub async fn prune_beside_another_process(registry: &Registry) {
         assert!(removed.contains(digest), "{digest} was kept");
     }
     assert_store_consistent(registry).await;
+}
+
+/// Scratch that a crash left mid-write (a `tmp/` file, an upload session
+/// half created) goes once it is older than [`SCRATCH_MAX_AGE`], in every
+/// collection (a dry run lists it) and at start
+/// ([`Registry::remove_stale_scratch`]); young scratch, which may be a
+/// write in flight right now, stays whatever the registry's clock says.
+pub async fn stale_scratch_removed_young_kept(registry: &Registry, fixture: &impl Fixture) {
+    let be = registry.backend();
+    let now = SystemTime::now();
+    let old = now - SCRATCH_MAX_AGE - 60 * SECOND;
+    let Some(stale_file) = fixture.plant_scratch(false, old) else {
+        // Nothing outlives a crash: nothing to remove, nothing reported.
+        assert!(
+            registry
+                .remove_stale_scratch(false)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let report = registry.prune(&PruneOptions::default()).await.unwrap();
+        assert!(report.scratch_removed.is_empty());
+        return;
+    };
+    let stale_dir = fixture.plant_scratch(true, old).unwrap();
+    let young_file = fixture.plant_scratch(false, now - 60 * SECOND).unwrap();
+    let young_dir = fixture.plant_scratch(true, now).unwrap();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let stale = sorted(vec![stale_file, stale_dir]);
+    let young = sorted(vec![young_file, young_dir]);
+
+    let dry = PruneOptions {
+        dry_run: true,
+        ..PruneOptions::default()
+    };
+    let planned = registry.prune(&dry).await.unwrap();
+    assert_eq!(sorted(planned.scratch_removed), stale);
+    assert_eq!(be.scratch().await.unwrap().len(), 4);
+
+    // A clock far ahead (a simulation) does not make a live write stale.
+    let ahead = PruneOptions {
+        now: Some(now + DAY),
+        ..PruneOptions::default()
+    };
+    let report = registry.prune(&ahead).await.unwrap();
+    assert_eq!(sorted(report.scratch_removed.clone()), stale);
+    assert_eq!(report.summary().scratch_removed, 2);
+    assert_eq!(sorted(be.scratch().await.unwrap()), young);
+
+    let again = fixture.plant_scratch(true, old).unwrap();
+    assert_eq!(registry.remove_stale_scratch(false).await.unwrap(), [again]);
+    assert_eq!(sorted(be.scratch().await.unwrap()), young);
+
+    // Once old, the young ones go too (and leave the store clean).
+    let removed = be.remove_scratch(now + SECOND, false).await.unwrap();
+    assert_eq!(sorted(removed), young);
+}
+
+/// Each owner has at most `max_open` upload sessions open: past it, a new
+/// one is `TOOMANYREQUESTS` and nothing is created; other owners are not
+/// affected; a session finished, cancelled, removed for a wrong digest or
+/// expired frees its slot.
+pub async fn upload_sessions_bounded_per_owner(registry: &Registry) {
+    let r = repo("conf/bounded");
+    let start = |owner: &'static str| registry.start_upload_as(&r, owner, 3);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(start("alice").await.unwrap());
+    }
+    assert_eq!(code(start("alice").await), ErrorCode::TooManyRequests);
+    assert_eq!(registry.uploads().await.unwrap().len(), 3);
+    let bob = start("bob").await.unwrap();
+
+    // Cancelled.
+    registry.cancel_upload(&r, &open.remove(0)).await.unwrap();
+    open.push(start("alice").await.unwrap());
+    assert_eq!(code(start("alice").await), ErrorCode::TooManyRequests);
+    // Finished.
+    let d = Digest::sha256(b"done");
+    let id = open.remove(0);
+    registry
+        .finish_upload(&r, &id, &d, Some(body("done")))
+        .await
+        .unwrap();
+    open.push(start("alice").await.unwrap());
+    // Wrong digest.
+    let id = open.remove(0);
+    let wrong = registry
+        .finish_upload(&r, &id, &d, Some(body("other")))
+        .await;
+    assert_eq!(code(wrong), ErrorCode::DigestInvalid);
+    open.push(start("alice").await.unwrap());
+    // Expired.
+    let id = open.remove(0);
+    assert!(
+        registry
+            .purge_upload(&crate::UploadId::parse(&id).unwrap())
+            .await
+            .unwrap()
+    );
+    open.push(start("alice").await.unwrap());
+    assert_eq!(code(start("alice").await), ErrorCode::TooManyRequests);
+
+    for id in open.iter().chain([&bob]) {
+        registry.cancel_upload(&r, id).await.unwrap();
+    }
+    registry.delete_blob(&r, &d).await.unwrap();
 }

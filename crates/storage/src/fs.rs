@@ -222,6 +222,28 @@ impl UploadWriter for FsWriter {
     }
 }
 
+/// Remove `path` (a file, or a staging directory and what it holds) if it
+/// was last written before `before`; whether it was (or, in a dry run,
+/// would be). Gone meanwhile is not an error.
+fn remove_if_older(path: &Path, before: SystemTime, dry_run: bool) -> io::Result<bool> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        r => r?,
+    };
+    if meta.modified()? >= before {
+        return Ok(false);
+    }
+    if !dry_run {
+        let r = if meta.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        not_found_is(r, ())?;
+    }
+    Ok(true)
+}
+
 fn walk_repos(dir: &Path, prefix: &str, out: &mut Vec<RepositoryName>) -> io::Result<()> {
     let names = list_dir(dir)?;
     if names.iter().any(|n| n.starts_with('_'))
@@ -503,6 +525,21 @@ impl Backend for FsBackend {
         .await
     }
 
+    async fn remove_scratch(&self, before: SystemTime, dry_run: bool) -> Result<Vec<String>> {
+        let root = self.root.clone();
+        let names = self.scratch().await?;
+        blocking(move || {
+            let mut removed = Vec::new();
+            for name in names {
+                if remove_if_older(&root.join(&name), before, dry_run)? {
+                    removed.push(name);
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     /// An exclusive `flock` on `<root>/gc.lock`: the kernel releases it when
     /// the file is closed, so a collector that crashes never leaves a stale
     /// lock behind.
@@ -529,6 +566,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::path::Path;
+    use std::time::SystemTime;
 
     use bytes::Bytes;
     use speculum_oci::{Digest, Reference, media_type};
@@ -539,8 +577,34 @@ mod tests {
     crate::conformance_tests!(async {
         let dir = tempfile::tempdir().unwrap();
         let registry = crate::Registry::filesystem(dir.path()).await.unwrap();
-        (registry, dir)
+        (registry, Root(dir))
     });
+
+    /// The store's root, where a test can leave what a crash leaves.
+    struct Root(tempfile::TempDir);
+
+    impl conformance::Fixture for Root {
+        fn plant_scratch(&self, staging: bool, modified: SystemTime) -> Option<String> {
+            let name = format!("tmp/{}", crate::UploadId::new());
+            let path = self.0.path().join(&name);
+            let file = if staging {
+                std::fs::create_dir(&path).unwrap();
+                path.join("info")
+            } else {
+                path.clone()
+            };
+            std::fs::write(&file, b"half written").unwrap();
+            std::fs::File::open(&file)
+                .unwrap()
+                .set_modified(modified)
+                .unwrap();
+            std::fs::File::open(&path)
+                .unwrap()
+                .set_modified(modified)
+                .unwrap();
+            Some(name)
+        }
+    }
 
     /// Every file under `root`, relative, sorted.
     fn files(root: &Path) -> Vec<String> {

@@ -21,8 +21,10 @@
 //! Every failure is an [`Error`]: [`Error::Client`] carries the spec
 //! [`ErrorCode`] (and so the HTTP status) plus a message that is safe to send
 //! to a client; [`Error::Io`] is an internal failure that the server logs and
-//! answers with 500; [`Error::CollectionRunning`] says another garbage
-//! collection holds the store's collector lock.
+//! answers with 500; [`Error::StorageFull`] is the storage medium out of
+//! space (the server answers 507, and the upload that hit it is removed at
+//! once, so the space it held is free again); [`Error::CollectionRunning`]
+//! says another garbage collection holds the store's collector lock.
 //!
 //! What a manifest push checks: the manifest parses and is valid for its
 //! media type (else `MANIFEST_INVALID`; an unsupported media type is
@@ -86,7 +88,7 @@ pub use fs::FsBackend;
 pub use memory::MemoryBackend;
 pub use registry::{
     GcOptions, GcReport, GcSummary, PatternError, PruneOptions, Registry, RemovedLink,
-    RemovedManifest, RemovedTag, RetentionPolicy, RetentionRule, TagInfo,
+    RemovedManifest, RemovedTag, RetentionPolicy, RetentionRule, SCRATCH_MAX_AGE, TagInfo,
 };
 
 /// A request body as a stream of chunks.
@@ -116,7 +118,13 @@ pub enum Error {
     },
     /// Storage itself failed.
     #[error("storage failure: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The storage medium is out of space or over its quota (`ENOSPC`,
+    /// `EDQUOT`): not a bug and not the client's mistake, and it heals by
+    /// itself once space is freed, so the server answers it apart from other
+    /// failures. An upload whose write hit it has been removed.
+    #[error("storage is full: {0}")]
+    StorageFull(std::io::Error),
     /// Another garbage collection holds the store's collector lock (a
     /// `prune`, or the scheduled collection of a `serve`, in this process or
     /// another); this one removed nothing.
@@ -150,9 +158,38 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Client { code, .. } => Some(*code),
-            Error::Io(_) | Error::CollectionRunning => None,
+            Error::Io(_) | Error::StorageFull(_) | Error::CollectionRunning => None,
         }
     }
+
+    /// Whether this is [`Error::StorageFull`].
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, Error::StorageFull(_))
+    }
+}
+
+/// Every I/O failure enters through here, so that a full disk is told
+/// apart wherever it happens (a blob, an upload chunk, a tag, a `tmp/`
+/// file), not only where a caller thought to look.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        if is_out_of_space(&e) {
+            Error::StorageFull(e)
+        } else {
+            Error::Io(e)
+        }
+    }
+}
+
+/// `ENOSPC` or `EDQUOT`, by kind or, for errors that lost it (wrapped by a
+/// library), by raw errno.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+        || e.raw_os_error().is_some_and(|n| {
+            n == rustix::io::Errno::NOSPC.raw_os_error()
+                || n == rustix::io::Errno::DQUOT.raw_os_error()
+        })
 }
 
 /// A result with a storage [`Error`].
@@ -234,4 +271,33 @@ pub struct Page {
     pub items: Vec<String>,
     /// Whether more items follow the last one.
     pub more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error as IoError, ErrorKind};
+
+    use super::Error;
+
+    #[test]
+    fn out_of_space_is_told_apart() {
+        let full = [
+            IoError::from(ErrorKind::StorageFull),
+            IoError::from(ErrorKind::QuotaExceeded),
+            IoError::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+            IoError::from_raw_os_error(rustix::io::Errno::DQUOT.raw_os_error()),
+        ];
+        for e in full {
+            let e = Error::from(e);
+            assert!(e.is_storage_full(), "{e:?}");
+            assert_eq!(e.code(), None);
+        }
+        for e in [
+            IoError::from(ErrorKind::NotFound),
+            IoError::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()),
+            IoError::other("no space left on device"),
+        ] {
+            assert!(matches!(Error::from(e), Error::Io(_)));
+        }
+    }
 }

@@ -317,6 +317,11 @@ impl Backend for MemoryBackend {
         Ok(Vec::new())
     }
 
+    /// Nothing in memory outlives a crash.
+    async fn remove_scratch(&self, _before: SystemTime, _dry_run: bool) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     async fn try_lock_collector(&self) -> Result<Option<CollectorLock>> {
         let mut s = self.lock();
         if s.collecting {

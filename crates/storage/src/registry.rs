@@ -33,9 +33,11 @@ use crate::memory::MemoryBackend;
 use crate::{BlobBody, BodyStream, ByteRange, Error, Page, PutManifest, Result, StoredManifest};
 
 mod gc;
+mod owners;
 mod retention;
 pub use gc::{
     GcOptions, GcReport, GcSummary, PruneOptions, RemovedLink, RemovedManifest, RemovedTag,
+    SCRATCH_MAX_AGE,
 };
 pub use retention::{PatternError, RetentionPolicy, RetentionRule};
 
@@ -69,6 +71,8 @@ struct Inner {
     /// One collection at a time.
     gc_run: tokio::sync::Mutex<()>,
     clock: std::sync::RwLock<Clock>,
+    /// Open upload sessions per owner, for [`Registry::start_upload_as`].
+    owners: owners::Owners,
 }
 
 /// The registry layer over a backend. Cheap to clone.
@@ -222,6 +226,7 @@ impl Registry {
                 noted: Mutex::default(),
                 gc_run: tokio::sync::Mutex::default(),
                 clock: std::sync::RwLock::new(Arc::new(SystemTime::now)),
+                owners: owners::Owners::default(),
             }),
         }
     }
@@ -416,12 +421,37 @@ impl Registry {
     #[tracing::instrument(level = "debug", skip_all, fields(%repo))]
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<String> {
         let id = UploadId::new();
-        self.backend_ref().create_upload(&id, repo).await?;
+        self.create_session(repo, &id).await?;
+        Ok(id.to_string())
+    }
+
+    /// Start an upload session in `repo` for `owner` (a user name; any
+    /// fixed string for anonymous clients), unless `owner` has `max_open`
+    /// sessions open already: then [`ErrorCode::TooManyRequests`]. A
+    /// session stops counting once it is finished, cancelled or expired.
+    #[tracing::instrument(level = "debug", skip_all, fields(%repo, owner))]
+    pub async fn start_upload_as(
+        &self,
+        repo: &RepositoryName,
+        owner: &str,
+        max_open: usize,
+    ) -> Result<String> {
+        let id = UploadId::new();
+        self.reserve_session(owner, &id, max_open).await?;
+        if let Err(e) = self.create_session(repo, &id).await {
+            self.release_session(owner, &id);
+            return Err(e);
+        }
+        Ok(id.to_string())
+    }
+
+    async fn create_session(&self, repo: &RepositoryName, id: &UploadId) -> Result<()> {
+        self.backend_ref().create_upload(id, repo).await?;
         let session = Session {
             digester: Some((Algorithm::Sha256, Algorithm::Sha256.digester())),
         };
         lock(&self.inner.sessions).insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
-        Ok(id.to_string())
+        Ok(())
     }
 
     /// Check that `id` names an upload session of `repo`.
@@ -486,7 +516,7 @@ impl Registry {
         start: Option<u64>,
         body: BodyStream,
     ) -> Result<u64> {
-        let (id, _session, mut guard, info) = self.lock_session(repo, id).await?;
+        let (id, session, mut guard, info) = self.lock_session(repo, id).await?;
         if let Some(start) = start
             && start != info.size
         {
@@ -499,7 +529,33 @@ impl Registry {
             )
             .with_detail(json!({ "size": info.size })));
         }
-        self.append_locked(&id, &mut guard, info.size, body).await
+        let result = self.append_locked(&id, &mut guard, info.size, body).await;
+        self.discard_if_full(&id, &session, result).await
+    }
+
+    /// Remove an upload session whose write failed for lack of space, and
+    /// pass the result on. Its partial data would otherwise keep the disk
+    /// full until expiry (a day) and fail every other push meanwhile; the
+    /// client's next request on it gets `BLOB_UPLOAD_UNKNOWN` and starts
+    /// over once the operator has freed space. Callers hold the session.
+    async fn discard_if_full<T>(
+        &self,
+        id: &UploadId,
+        session: &SessionRef,
+        result: Result<T>,
+    ) -> Result<T> {
+        if let Err(e) = &result
+            && e.is_storage_full()
+        {
+            match self.backend_ref().delete_upload(id).await {
+                Ok(_) => tracing::debug!(upload = %id, "upload removed: storage is full"),
+                Err(e) => {
+                    tracing::error!(upload = %id, error = %e, "cannot remove an upload that hit a full storage")
+                }
+            }
+            self.forget_session(id, session);
+        }
+        result
     }
 
     /// Stream `body` into the session, keeping the digest state in step with
@@ -553,16 +609,42 @@ impl Registry {
         body: Option<BodyStream>,
     ) -> Result<u64> {
         let (id, session, mut guard, info) = self.lock_session(repo, id).await?;
+        let result = self
+            .finish_locked(repo, &id, &mut guard, info.size, digest, body)
+            .await;
+        let result = self.discard_if_full(&id, &session, result).await;
+        // The in-memory state goes with the stored session (committed, or
+        // removed for a wrong digest); while the session is stored, requests
+        // must keep sharing its lock.
+        let gone = match &result {
+            Ok(_) => true,
+            Err(_) => matches!(self.backend_ref().upload_info(&id).await, Ok(None)),
+        };
+        if gone {
+            self.forget_session(&id, &session);
+        }
+        result
+    }
+
+    /// [`Registry::finish_upload`] once the session is locked.
+    async fn finish_locked(
+        &self,
+        repo: &RepositoryName,
+        id: &UploadId,
+        guard: &mut Session,
+        size: u64,
+        digest: &Digest,
+        body: Option<BodyStream>,
+    ) -> Result<u64> {
         if let Some(body) = body {
-            self.append_locked(&id, &mut guard, info.size, body).await?;
+            self.append_locked(id, guard, size, body).await?;
         }
         let actual = match guard.digester.take() {
             Some((alg, d)) if alg == digest.algorithm() => d.finish(),
-            _ => self.rehash(&id, digest.algorithm()).await?,
+            _ => self.rehash(id, digest.algorithm()).await?,
         };
         if actual != *digest {
-            self.backend_ref().delete_upload(&id).await?;
-            self.forget_session(&id, &session);
+            self.backend_ref().delete_upload(id).await?;
             tracing::debug!(%actual, "upload digest mismatch");
             return Err(Error::client(
                 ErrorCode::DigestInvalid,
@@ -571,8 +653,7 @@ impl Registry {
             .with_detail(json!({ "digest": digest, "actual": actual })));
         }
         let _gc = self.inner.gc_lock.read().await;
-        let size = self.backend_ref().commit_upload(&id, digest).await?;
-        self.forget_session(&id, &session);
+        let size = self.backend_ref().commit_upload(id, digest).await?;
         // The blob's own time, which a collector in another process goes
         // by (it may have been stored long ago, and is stored again now).
         self.backend_ref().touch_blob(digest, self.now()).await?;

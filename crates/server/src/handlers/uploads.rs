@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use speculum_oci::{Digest, ErrorCode, paths};
 
 use super::{
-    Ctx, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, body_stream, hv, parse_digest, upload_range,
+    Ctx, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, hv, parse_digest, store_body, upload_range,
 };
-use crate::auth::Action;
+use crate::auth::{Action, Identity};
 use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
 
@@ -98,13 +98,21 @@ pub(crate) async fn start(ctx: &Ctx, repo: &Repo, body: Body) -> ApiResult<Respo
         }
     } else if let Some(digest) = ctx.query.get("digest") {
         let digest = parse_digest(digest)?;
-        let size = registry
-            .put_blob(&repo.stored, &digest, body_stream(body))
-            .await?;
+        let size = store_body(ctx, body, |body| {
+            registry.put_blob(&repo.stored, &digest, body)
+        })
+        .await?;
         tracing::info!(repo = %repo.stored, %digest, size, "blob pushed");
         return created(repo, &digest);
     }
-    let id = registry.start_upload(&repo.stored).await?;
+    // Anonymous clients (when a policy lets them push) share one bound.
+    let owner = match &identity {
+        Identity::User(name) => name.as_str(),
+        Identity::Anonymous => "",
+    };
+    let id = registry
+        .start_upload_as(&repo.stored, owner, ctx.state.uploads_per_user())
+        .await?;
     session(StatusCode::ACCEPTED, repo, &id, 0)
 }
 
@@ -159,11 +167,11 @@ pub(crate) async fn patch(ctx: &Ctx, repo: &Repo, id: &str, body: Body) -> ApiRe
     check_id(id)?;
     let start = content_range(ctx)?;
     check_offset(ctx, repo, id, start).await?;
-    let size = ctx
-        .state
-        .registry()
-        .append_upload(&repo.stored, id, start, body_stream(body))
-        .await?;
+    let registry = ctx.state.registry();
+    let size = store_body(ctx, body, |body| {
+        registry.append_upload(&repo.stored, id, start, body)
+    })
+    .await?;
     session(StatusCode::ACCEPTED, repo, id, size)
 }
 
@@ -178,16 +186,17 @@ pub(crate) async fn finish(ctx: &Ctx, repo: &Repo, id: &str, body: Body) -> ApiR
     let digest = parse_digest(digest)?;
     let start = content_range(ctx)?;
     check_offset(ctx, repo, id, start).await?;
-    let body = if ctx.content_length() == Some(0) {
-        None
+    let registry = ctx.state.registry();
+    let size = if ctx.content_length() == Some(0) {
+        registry
+            .finish_upload(&repo.stored, id, &digest, None)
+            .await?
     } else {
-        Some(body_stream(body))
+        store_body(ctx, body, |body| {
+            registry.finish_upload(&repo.stored, id, &digest, Some(body))
+        })
+        .await?
     };
-    let size = ctx
-        .state
-        .registry()
-        .finish_upload(&repo.stored, id, &digest, body)
-        .await?;
     tracing::info!(repo = %repo.stored, %digest, size, "blob pushed");
     created(repo, &digest)
 }

@@ -4,7 +4,8 @@
 //! [`Registry::prune`] is the one entry point of the intermediate registry:
 //!
 //! 1. **Uploads**: sessions started at least [`PruneOptions::upload_max_age`]
-//!    ago are removed.
+//!    ago are removed, and so is scratch (`tmp/`) older than
+//!    [`SCRATCH_MAX_AGE`]: what a crash left mid-write.
 //! 2. **Retention** (per repository, under its lock): tags that the
 //!    [`RetentionPolicy`] expires are deleted, unless re-pushed meanwhile.
 //!    Tags and manifest records written before push times were recorded are
@@ -213,6 +214,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Upload sessions removed.
     pub uploads_removed: Vec<UploadId>,
+    /// Scratch objects left by a crash (`tmp/` files) removed.
+    pub scratch_removed: Vec<String>,
     /// How long it took.
     #[serde(rename = "duration_seconds", serialize_with = "seconds")]
     pub duration: Duration,
@@ -242,6 +245,8 @@ pub struct GcSummary {
     pub bytes_freed: u64,
     /// Upload sessions removed.
     pub uploads_removed: usize,
+    /// Scratch objects removed.
+    pub scratch_removed: usize,
     /// How long it took.
     #[serde(rename = "duration_seconds", serialize_with = "seconds")]
     pub duration: Duration,
@@ -259,6 +264,7 @@ impl GcReport {
             blobs_removed: self.blobs_removed.len(),
             bytes_freed: self.bytes_freed,
             uploads_removed: self.uploads_removed.len(),
+            scratch_removed: self.scratch_removed.len(),
             duration: self.duration,
         }
     }
@@ -268,8 +274,8 @@ impl std::fmt::Display for GcSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}{} tags, {} manifests, {} links, {} blobs ({} bytes), {} uploads removed; \
-             {} blobs kept; {:.3} s",
+            "{}{} tags, {} manifests, {} links, {} blobs ({} bytes), {} uploads, \
+             {} scratch files removed; {} blobs kept; {:.3} s",
             if self.dry_run { "dry run: " } else { "" },
             self.tags_deleted,
             self.manifests_deleted,
@@ -277,6 +283,7 @@ impl std::fmt::Display for GcSummary {
             self.blobs_removed,
             self.bytes_freed,
             self.uploads_removed,
+            self.scratch_removed,
             self.blobs_kept,
             self.duration.as_secs_f64(),
         )
@@ -294,6 +301,12 @@ fn link_time(value: &[u8]) -> Option<SystemTime> {
     let secs: u64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
     Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
+
+/// How old a scratch object (a `tmp/` file) must be to be taken for what
+/// a crash left: a write in progress keeps one for moments, so an hour is
+/// far on the safe side, whatever the grace period. Measured by the real
+/// clock, which stamps files, not the registry's.
+pub const SCRATCH_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// How old a link may get before reading it through
 /// [`Registry::stat_blob`] renews it: five minutes.
@@ -390,14 +403,10 @@ impl Registry {
             ..GcReport::default()
         };
         let now_secs = unix_secs(plan.now);
-        for (id, info) in self.uploads().await? {
-            if age(plan.now, info.started) >= plan.upload_max_age {
-                if !plan.dry_run {
-                    self.purge_upload(&id).await?;
-                }
-                report.uploads_removed.push(id);
-            }
-        }
+        report.uploads_removed = self
+            .expire_uploads_at(plan.now, plan.upload_max_age, plan.dry_run)
+            .await?;
+        report.scratch_removed = self.remove_stale_scratch(plan.dry_run).await?;
 
         // Retention and first-sight stamps, one repository at a time under
         // its lock, so a concurrent push of the same tag wins. Manifests are
@@ -452,10 +461,50 @@ impl Registry {
             blobs_kept = report.blobs_kept,
             bytes = report.bytes_freed,
             uploads = report.uploads_removed.len(),
+            scratch = report.scratch_removed.len(),
             seconds = report.duration.as_secs_f64(),
             "garbage collected"
         );
         Ok(report)
+    }
+
+    /// Remove the upload sessions started at least `max_age` ago: what a
+    /// collection does first, and all that a registry without one (the
+    /// buildset's) needs, on a timer. Returns their ids.
+    pub async fn expire_uploads(&self, max_age: Duration) -> Result<Vec<UploadId>> {
+        self.expire_uploads_at(self.now(), max_age, false).await
+    }
+
+    async fn expire_uploads_at(
+        &self,
+        now: SystemTime,
+        max_age: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<UploadId>> {
+        let mut removed = Vec::new();
+        for (id, info) in self.uploads().await? {
+            if age(now, info.started) >= max_age {
+                if !dry_run {
+                    self.purge_upload(&id).await?;
+                }
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Remove scratch objects older than [`SCRATCH_MAX_AGE`] (left by a
+    /// crash mid-write): at every start and in every collection. Returns
+    /// their names; a dry run only lists them.
+    pub async fn remove_stale_scratch(&self, dry_run: bool) -> Result<Vec<String>> {
+        let before = SystemTime::now()
+            .checked_sub(SCRATCH_MAX_AGE)
+            .unwrap_or(UNIX_EPOCH);
+        let removed = self.backend_ref().remove_scratch(before, dry_run).await?;
+        if !removed.is_empty() && !dry_run {
+            tracing::info!(count = removed.len(), "stale scratch files removed");
+        }
+        Ok(removed)
     }
 
     /// Delete the tags of `repo` that retention expires (remembering them
