@@ -1,8 +1,9 @@
-//! Attacks and misuses against the binary (a buildset registry on loopback,
-//! plain HTTP): hostile names and references, missing, wrong, forged,
-//! tampered, expired and misdirected credentials, oversize requests. Every
-//! answer must be a 4xx with a spec error body, and a refused request must
-//! leave nothing in storage.
+//! Attacks and misuses against the binary (a buildset registry on plain
+//! HTTP, and `serve` with a writer, a reader and TLS): hostile names and
+//! references, missing, wrong, forged, tampered, expired and misdirected
+//! credentials, a reader pushing, Basic credentials sent in clear to a TLS
+//! port, oversize requests. Every answer must be a 4xx with a spec error
+//! body, and a refused request must leave nothing in storage.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,45 +14,25 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use speculum_server::token::{Claims, Grant, TokenKey};
 use speculum_testkit::http::{Response, request};
-use speculum_testkit::{BuildsetOptions, BuildsetRegistry};
 
-const BIN: &str = env!("CARGO_BIN_EXE_speculum-registry");
-/// `zuul:pw`.
-const AUTH: &str = "Basic enV1bDpwdw==";
+mod common;
+
+use common::{ZUUL_PW as AUTH, buildset_on as start, files_under};
+
 /// `zuul:wrong`.
 const WRONG: &str = "Basic enV1bDp3cm9uZw==";
-
-fn start(root: &Path) -> BuildsetRegistry {
-    BuildsetRegistry::start(
-        BuildsetOptions::new(BIN)
-            .insecure_http(true)
-            .password("pw")
-            .root(root),
-    )
-}
 
 /// Every file under the storage root but `tmp/` (where a request may stage
 /// something for an instant), with its size.
 fn stored(root: &Path) -> Vec<(PathBuf, u64)> {
-    fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, u64)>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, root, out);
-            } else {
-                out.push((
-                    path.strip_prefix(root).unwrap().to_path_buf(),
-                    path.metadata().unwrap().len(),
-                ));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.retain(|(p, _)| !p.starts_with("tmp"));
+    let mut out: Vec<(PathBuf, u64)> = files_under(root)
+        .into_iter()
+        .map(|path| {
+            let size = path.metadata().unwrap().len();
+            (path.strip_prefix(root).unwrap().to_path_buf(), size)
+        })
+        .filter(|(p, _)| !p.starts_with("tmp"))
+        .collect();
     out.sort();
     out
 }
@@ -337,4 +318,135 @@ fn oversize_requests_get_spec_errors() {
     assert_spec_error("a 5 MiB manifest", "PUT", &r);
     assert_eq!(r.status, 413);
     assert_eq!(stored(&root), before);
+}
+
+/// A `serve` with a writer (alice), a reader (bob) and a known token secret;
+/// over TLS when `tls` is set.
+fn serve_with_users(dir: &Path, tls: bool) -> common::Serve {
+    std::fs::write(
+        dir.join("htpasswd"),
+        common::htpasswd_line("alice", "alice-pw"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("htpasswd-read"),
+        common::htpasswd_line("bob", "bob-pw"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("secret"), format!("{}\n", common::SECRET)).unwrap();
+    let port = speculum_testkit::free_port();
+    let tls_keys = if tls {
+        let files = common::make_tls(dir);
+        format!(
+            "  tls-cert: {}\n  tls-key: {}\n",
+            files.cert.display(),
+            files.key.display()
+        )
+    } else {
+        String::new()
+    };
+    let config = dir.join("registry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registry:\n  address: 127.0.0.1\n  port: {port}\n  secret-file: secret\n  \
+             htpasswd: htpasswd\n  htpasswd-read: htpasswd-read\n{tls_keys}  \
+             storage: {{driver: filesystem, root: data}}\n"
+        ),
+    )
+    .unwrap();
+    common::Serve::start(&config, port, &[])
+}
+
+#[test]
+fn expired_tokens_and_readers_cannot_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_with_users(dir.path(), false);
+    let port = serve.port;
+    let before = stored(&dir.path().join("data"));
+    let upload = |auth: &str| {
+        request(
+            port,
+            Some(auth),
+            "POST",
+            "/v2/org/a/blobs/uploads/",
+            &[],
+            b"",
+        )
+    };
+    // Signed with the registry's own secret: the same token made now is accepted,
+    // so the refusal of the old one is its expiry, not its signature.
+    let key = TokenKey::new(
+        common::SECRET.as_bytes(),
+        "speculum",
+        Duration::from_secs(300),
+    );
+    let grant = Grant {
+        kind: "repository".into(),
+        name: "org/a".into(),
+        actions: vec!["push".into(), "pull".into()],
+    };
+    let fresh = key.sign(&key.claims("alice", vec![grant.clone()], SystemTime::now()));
+    let old = key.sign(&key.claims(
+        "alice",
+        vec![grant],
+        SystemTime::now() - Duration::from_secs(3600),
+    ));
+    let r = upload(&bearer(&old));
+    assert_spec_error("expired token", "POST", &r);
+    assert_eq!(r.status, 401);
+    let stored_before_fresh = stored(&dir.path().join("data"));
+    assert_eq!(
+        stored_before_fresh, before,
+        "an expired token stored something"
+    );
+    assert_eq!(
+        upload(&bearer(&fresh)).status,
+        202,
+        "the same token, made now, is accepted"
+    );
+    // A reader's push: 403 DENIED, with a detail that makes docker give up at once.
+    let bob = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bob:bob-pw")
+    );
+    let r = upload(&bob);
+    assert_spec_error("a reader's push", "POST", &r);
+    assert_eq!(r.status, 403);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert!(!body["errors"][0]["detail"].is_null(), "{body}");
+    serve.stop();
+}
+
+#[test]
+fn plain_http_with_basic_credentials_to_a_tls_port_gets_no_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = serve_with_users(dir.path(), true);
+    let alice = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:alice-pw")
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    use std::io::{Read as _, Write as _};
+    let head = format!(
+        "POST /v2/org/a/blobs/uploads/ HTTP/1.0\r\nAuthorization: {alice}\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    // No HTTP answer: the TLS handshake failed (at most a TLS alert came back), and
+    // nothing was stored.
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(files_under(&dir.path().join("data").join("uploads")).is_empty());
+    let log = serve.log();
+    assert!(!log.contains("alice-pw"), "{log}");
+    serve.stop();
 }

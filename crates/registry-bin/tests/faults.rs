@@ -8,27 +8,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
+use speculum_testkit::BuildsetRegistry;
 use speculum_testkit::http::{Response, request, start_request};
-use speculum_testkit::{BuildsetOptions, BuildsetRegistry};
 
-const BIN: &str = env!("CARGO_BIN_EXE_speculum-registry");
-/// `zuul:pw`.
-const AUTH: &str = "Basic enV1bDpwdw==";
+mod common;
+
+use common::{ZUUL_PW as AUTH, buildset_on as start, files_under};
+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-
-fn start(root: &Path) -> BuildsetRegistry {
-    BuildsetRegistry::start(
-        BuildsetOptions::new(BIN)
-            .insecure_http(true)
-            .password("pw")
-            .root(root),
-    )
-}
 
 fn digest_of(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
@@ -106,8 +98,7 @@ fn manifest_of(config: &[u8], layer: &[u8]) -> Vec<u8> {
 
 /// Every blob file under `<root>/blobs` holds the bytes its name says.
 fn assert_blobs_match_their_digests(root: &Path) -> usize {
-    let mut files = Vec::new();
-    walk(&root.join("blobs"), &mut files);
+    let files = files_under(&root.join("blobs"));
     for file in &files {
         let hex_name = file.file_name().unwrap().to_string_lossy().into_owned();
         let data = std::fs::read(file).unwrap();
@@ -119,20 +110,6 @@ fn assert_blobs_match_their_digests(root: &Path) -> usize {
         );
     }
     files.len()
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            walk(&path, out)
-        } else {
-            out.push(path)
-        }
-    }
 }
 
 /// The tag serves `manifest`, and every blob it names is there, whole.

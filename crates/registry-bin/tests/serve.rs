@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use speculum_testkit::{
@@ -16,130 +16,9 @@ use speculum_testkit::{
 };
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_speculum-registry");
-const SECRET: &str = "a-test-secret-of-some-length";
+mod common;
 
-/// A bcrypt htpasswd line (`$2y$`, as `htpasswd -B` writes) at a low cost.
-fn htpasswd_line(user: &str, password: &str) -> String {
-    let hash = bcrypt::hash(password, 5)
-        .unwrap()
-        .replacen("$2b$", "$2y$", 1);
-    format!("{user}:{hash}\n")
-}
-
-/// TLS files from a generated CA: `tls/cert.pem` (chain), `tls/key.pem`, and
-/// `certs.d/ca.crt` for skopeo's `--cert-dir`.
-struct Tls {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-    cert_dir: PathBuf,
-}
-
-fn make_tls(dir: &Path) -> Tls {
-    let generated = speculum_server::generate_certificate(&["localhost".into()], &[]).unwrap();
-    let tls = dir.join("tls");
-    let cert_dir = dir.join("certs.d");
-    std::fs::create_dir_all(&tls).unwrap();
-    std::fs::create_dir_all(&cert_dir).unwrap();
-    let t = Tls {
-        cert: tls.join("cert.pem"),
-        key: tls.join("key.pem"),
-        ca: cert_dir.join("ca.crt"),
-        cert_dir,
-    };
-    std::fs::write(&t.cert, generated.chain_pem()).unwrap();
-    std::fs::write(&t.key, generated.key_pem()).unwrap();
-    std::fs::write(&t.ca, &generated.ca_pem).unwrap();
-    t
-}
-
-/// `speculum-registry serve --config FILE`; SIGKILLed on drop unless stopped.
-struct Serve {
-    child: Option<Child>,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Serve {
-    fn start(config: &Path, port: u16, env: &[(&str, &str)]) -> Serve {
-        let log = config.with_extension("log");
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info,speculum_server=debug")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut serve = Serve {
-            child: Some(child),
-            port,
-            log,
-        };
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = serve.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("serve exited with {status}:\n{}", serve.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "serve did not start:\n{}",
-                serve.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        serve
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn docker_ref(&self, name: &str) -> String {
-        format!("docker://{}/{name}", self.host())
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "exit {status} after SIGTERM:\n{}",
-                    self.log()
-                );
-                assert!(self.log().contains("SIGTERM received"));
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+use common::{BIN, SECRET, Serve, ZUUL_PW, htpasswd_line, make_tls};
 
 /// A plain-HTTP GET: status and body.
 fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -817,10 +696,7 @@ fn sigterm_with_open_connections_stops_quickly() {
 
 // ---- prune beside a running serve ----------------------------------------
 
-/// `Authorization` for the user `zuul` with password `pw`.
-const ZUUL_PW: &str = "Basic enV1bDpwdw=="; // base64("zuul:pw")
-
-/// One plain HTTP/1.0 request with Basic auth: the status, the headers
+/// One plain HTTP/1.0 request as `zuul`: the status, the headers
 /// (lowercase names) and the body.
 fn http(
     port: u16,
@@ -829,35 +705,8 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {ZUUL_PW}\r\n\
-         Content-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap()[9..12].parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, raw[split + 4..].to_vec())
+    let r = speculum_testkit::http::request(port, Some(ZUUL_PW), method, path, headers, body);
+    (r.status, r.headers, r.body)
 }
 
 /// An image pushed and acknowledged: where, and what it is made of.
