@@ -161,6 +161,27 @@ fn hostile_names_and_references_are_client_errors_that_store_nothing() {
             &request(port, Some(AUTH), "PATCH", &path, &[], b"x"),
         );
     }
+    // A chunk whose length does not fit in 64 bits (a debug build used to panic on it).
+    let session = request(
+        port,
+        Some(AUTH),
+        "POST",
+        "/v2/org/app/blobs/uploads/",
+        &[],
+        b"",
+    );
+    assert_eq!(session.status, 202);
+    let location = session.header("location").unwrap().to_string();
+    let r = request(
+        port,
+        Some(AUTH),
+        "PATCH",
+        &location,
+        &[("Content-Range", "0-18446744073709551615")],
+        b"",
+    );
+    assert_spec_error("an endless Content-Range", "PATCH", &r);
+    request(port, Some(AUTH), "DELETE", &location, &[], b"");
     assert!(tried > 100);
     assert_eq!(
         stored(&root),
