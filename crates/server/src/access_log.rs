@@ -28,11 +28,9 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::response::Response;
-use http_body::{Frame, SizeHint};
 use tracing::Instrument as _;
 
 /// The request id header, read and sent.
@@ -95,7 +93,11 @@ where
         let mut entry = Entry::new(&request);
         let id = entry.request_id.clone();
         let bytes_in = entry.bytes_in.clone();
-        let request = request.map(|b| Body::new(Counted::new(b, bytes_in)));
+        let request = request.map(|b| {
+            crate::body::tapped(b, move |n| {
+                bytes_in.fetch_add(n, Ordering::Relaxed);
+            })
+        });
         let span = tracing::info_span!("request", id = %id);
         Box::pin(async move {
             let user = Arc::new(OnceLock::new());
@@ -106,7 +108,15 @@ where
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
-            Ok(response.map(|b| Body::new(Logged { inner: b, entry })))
+            // The entry moves into the body, whole (a closure would capture only
+            // the field it names), and writes the line when the body is dropped.
+            let mut entry = entry;
+            Ok(response.map(|b| {
+                crate::body::tapped(b, move |n| {
+                    let entry = &mut entry;
+                    entry.bytes_out += n;
+                })
+            }))
         })
     }
 }
@@ -172,77 +182,6 @@ impl Drop for Entry {
             request_id = %self.request_id,
             "request"
         );
-    }
-}
-
-/// A request body, counting the bytes read from it.
-struct Counted {
-    inner: Body,
-    read: Arc<AtomicU64>,
-}
-
-impl Counted {
-    fn new(inner: Body, read: Arc<AtomicU64>) -> Counted {
-        Counted { inner, read }
-    }
-}
-
-impl http_body::Body for Counted {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.read.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body that counts what it sends and writes the line when
-/// dropped (after the last byte, or when the client went away).
-struct Logged {
-    inner: Body,
-    entry: Entry,
-}
-
-impl http_body::Body for Logged {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.entry.bytes_out += data.len() as u64;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -1,5 +1,5 @@
-//! Body wrappers that count bytes for the metrics, keeping the size hint so
-//! `Content-Length` answers stay as they are.
+//! Body wrappers that count bytes (for the metrics and the access log),
+//! keeping the size hint so `Content-Length` answers stay as they are.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,20 +22,32 @@ pub(crate) enum Direction {
 
 /// `body`, counting its data bytes into `metrics`.
 pub(crate) fn counted(body: Body, metrics: Arc<Metrics>, direction: Direction) -> Body {
-    Body::new(Counted {
-        inner: body,
-        metrics,
-        direction,
+    tapped(body, move |n| {
+        let counter = match direction {
+            Direction::In => metrics.bytes_in(),
+            Direction::Out => metrics.bytes_out(),
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
     })
 }
 
-struct Counted {
-    inner: Body,
-    metrics: Arc<Metrics>,
-    direction: Direction,
+/// `body`, calling `on_data` with the length of each data frame that passes.
+/// The size hint is kept, so `Content-Length` answers stay as they are;
+/// whatever `on_data` owns is dropped with the body (after its last byte, or
+/// when the client went away), which the access log uses to write its line.
+pub(crate) fn tapped(body: Body, on_data: impl FnMut(u64) + Send + Unpin + 'static) -> Body {
+    Body::new(Tapped {
+        inner: body,
+        on_data,
+    })
 }
 
-impl http_body::Body for Counted {
+struct Tapped<F> {
+    inner: Body,
+    on_data: F,
+}
+
+impl<F: FnMut(u64) + Send + Unpin + 'static> http_body::Body for Tapped<F> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -47,11 +59,7 @@ impl http_body::Body for Counted {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            let counter = match self.direction {
-                Direction::In => self.metrics.bytes_in(),
-                Direction::Out => self.metrics.bytes_out(),
-            };
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            (self.on_data)(data.len() as u64);
         }
         polled
     }
