@@ -124,8 +124,7 @@ struct BuildsetArgs {
           default_value = "30s")]
     header_timeout: Duration,
 
-    /// Cut a request body that sends nothing, or an answer the client takes
-    /// nothing of, for this long.
+    /// Cut a request body that sends nothing for this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration,
           default_value = "60s")]
     body_idle_timeout: Duration,

@@ -24,8 +24,7 @@ pub struct ConnectionLimits {
     /// The longest a request head may take to arrive, from the first byte
     /// (or from accepting a new connection).
     pub header_timeout: Duration,
-    /// The longest a request body may go without a byte arriving, and an
-    /// answer without the client taking a byte.
+    /// The longest a request body may go without a byte arriving.
     pub body_idle_timeout: Duration,
     /// How long a connection with no request in progress is kept open.
     pub keep_alive_timeout: Duration,
@@ -43,8 +42,7 @@ impl ConnectionLimits {
     /// Clients stream layers as they read them, sometimes from another
     /// registry (skopeo copy), so an upload can pause while the source
     /// stalls; a minute covers such pauses and TCP retransmission backoff,
-    /// and a vanished client frees its slot within a minute. The same holds
-    /// for a client that stops reading a download.
+    /// and a vanished client frees its slot within a minute.
     pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// Longer than the time clients keep idle pooled connections (Go's
     /// `http.Transport` drops them after 90 s), so the client closes first

@@ -13,14 +13,8 @@
 //!   timeout, from accept or from the first byte;
 //! - a connection that served a request and has received nothing since:
 //!   the keep-alive timeout, from the end of the last response;
-//! - a request in progress whose answer the client stopped taking (every
-//!   write has waited since): the body-idle timeout, from the first write
-//!   that could not proceed; such a client (a download that is never read)
-//!   would otherwise hold its slot and an open blob for ever;
-//! - any other request in progress: no deadline here (a stalled request
-//!   body is the `body_timeout` module's business). The watchdog looks
-//!   again every body-idle timeout, so a stalled answer is cut after one to
-//!   two of them.
+//! - a request in progress: no deadline here (a stalled request body is
+//!   the `body_timeout` module's business).
 //!
 //! On HTTP/2 any frame that arrives while no stream is open (a PING, a
 //! WINDOW_UPDATE) counts as the start of a head, so such a connection is
@@ -53,8 +47,6 @@ struct State {
     head_started: Option<Instant>,
     /// Whether a request has been answered on this connection.
     served: bool,
-    /// Since when writes have been waiting for the client to take bytes.
-    write_stalled_since: Option<Instant>,
 }
 
 /// Why a connection was closed.
@@ -64,8 +56,6 @@ pub(crate) enum Expiry {
     Header,
     /// The connection sat idle between requests.
     KeepAlive,
-    /// The client stopped taking the answer.
-    WriteStalled,
 }
 
 impl Expiry {
@@ -73,7 +63,6 @@ impl Expiry {
         match self {
             Expiry::Header => "request head not received in time",
             Expiry::KeepAlive => "idle keep-alive connection",
-            Expiry::WriteStalled => "the client stopped reading the answer",
         }
     }
 }
@@ -86,7 +75,6 @@ impl Activity {
             waiting_since: Instant::now(),
             head_started: None,
             served: false,
-            write_stalled_since: None,
         })))
     }
 
@@ -109,23 +97,11 @@ impl Activity {
         }
     }
 
-    /// Note whether a write proceeded (`true`) or had to wait.
-    fn wrote(&self, progressed: bool) {
-        let mut state = self.state();
-        if progressed {
-            state.write_stalled_since = None;
-        } else if state.write_stalled_since.is_none() {
-            state.write_stalled_since = Some(Instant::now());
-        }
-    }
-
     /// When the connection should be closed, and why, if nothing changes.
     fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Expiry)> {
         let state = self.state();
         if state.in_flight > 0 {
-            state
-                .write_stalled_since
-                .map(|since| (since + limits.body_idle_timeout, Expiry::WriteStalled))
+            None
         } else if let Some(started) = state.head_started {
             Some((started + limits.header_timeout, Expiry::Header))
         } else if !state.served {
@@ -143,10 +119,9 @@ impl Activity {
         loop {
             match self.deadline(limits) {
                 Some((at, why)) if at <= Instant::now() => return why,
-                // A write stall can end before its deadline: look then.
                 Some((at, _)) => tokio::time::sleep_until(at).await,
-                // Busy: look again later (a stall may begin meanwhile).
-                None => tokio::time::sleep(limits.body_idle_timeout).await,
+                // Busy: look again later (a request's end moves the deadline).
+                None => tokio::time::sleep(limits.header_timeout).await,
             }
         }
     }
@@ -235,19 +210,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.activity.wrote(polled.is_ready());
-        polled
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // A TLS stream may take bytes and then wait here. A flush that
-        // completes is no sign of progress (a TCP flush always does).
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        if polled.is_pending() {
-            self.activity.wrote(false);
-        }
-        polled
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -259,9 +226,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.activity.wrote(polled.is_ready());
-        polled
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -308,23 +273,5 @@ mod tests {
         );
         assert_eq!(activity.expired(&LIMITS).await, Expiry::Header);
         assert_eq!(Instant::now(), head + LIMITS.header_timeout);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_answer_the_client_stops_taking_expires() {
-        let activity = Activity::new();
-        let _guard = activity.begin();
-        activity.wrote(true);
-        assert_eq!(activity.deadline(&LIMITS), None);
-        activity.wrote(false);
-        let stalled = Instant::now();
-        tokio::time::advance(Duration::from_secs(5)).await;
-        activity.wrote(false);
-        assert_eq!(
-            activity.deadline(&LIMITS),
-            Some((stalled + LIMITS.body_idle_timeout, Expiry::WriteStalled))
-        );
-        activity.wrote(true);
-        assert_eq!(activity.deadline(&LIMITS), None);
     }
 }
