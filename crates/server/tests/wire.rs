@@ -242,7 +242,8 @@ async fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let start = Instant::now();
     server.shutdown().await;
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+    // Below the 2 s drain: idle connections did not wait it out (margin for a loaded machine).
+    assert!(took < Duration::from_millis(1800), "shutdown took {took:?}");
     tokio::task::spawn_blocking(move || idle.into_iter().for_each(assert_closed))
         .await
         .unwrap();
@@ -300,7 +301,8 @@ async fn stalled_requests_are_cut_after_a_short_drain() {
     let start = Instant::now();
     server.shutdown().await;
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+    // The 2 s drain, then the cut; the old drain was 10 s.
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?}");
     tokio::task::spawn_blocking(move || stalled.into_iter().for_each(assert_closed))
         .await
         .unwrap();
