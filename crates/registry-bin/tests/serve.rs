@@ -19,6 +19,7 @@ use tempfile::TempDir;
 mod common;
 
 use common::{BIN, SECRET, Serve, ZUUL_PW, htpasswd_line, make_tls};
+use speculum_testkit::http::request;
 
 /// A plain-HTTP GET: status and body.
 fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -683,7 +684,7 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let r = speculum_testkit::http::request(port, Some(ZUUL_PW), method, path, headers, body);
+    let r = request(port, Some(ZUUL_PW), method, path, headers, body);
     (r.status, r.headers, r.body)
 }
 
@@ -1085,37 +1086,6 @@ fn configured_header_timeout_closes_a_silent_connection() {
     serve.stop();
 }
 
-/// One request with optional Basic credentials and extra headers, over
-/// HTTP/1.0: the status and the headers (lowercase names).
-fn request(
-    port: u16,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    extra: &str,
-) -> (u16, Vec<(String, String)>) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{auth}{extra}Content-Length: 0\r\n\r\n"
-    );
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap()[9..12].parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers)
-}
-
 /// The access lines of a log, each as its fields, in either format.
 fn access_lines(log: &str, json: bool) -> Vec<std::collections::HashMap<String, String>> {
     let mut lines = Vec::new();
@@ -1170,43 +1140,45 @@ fn access_log_has_a_line_per_request_in_text_and_json() {
         .unwrap();
         let serve = Serve::start(&config, port, &[("RUST_LOG", "info")]);
         let reader = "Basic cmVhZGVyOnJwdw=="; // base64("reader:rpw")
-        let (status, headers) = request(
+        let ok = request(
             port,
+            Some(ZUUL_PW),
             "GET",
             "/v2/",
+            &[("X-Request-Id", "my-id-42")],
+            b"",
+        );
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            ok.header("x-request-id"),
+            Some("my-id-42"),
+            "{:?}",
+            ok.headers
+        );
+        assert_eq!(request(port, None, "GET", "/v2/", &[], b"").status, 401);
+        let push = request(
+            port,
+            Some(reader),
+            "POST",
+            "/v2/team/app/blobs/uploads/",
+            &[],
+            b"",
+        );
+        assert_eq!(push.status, 403);
+        let missing = request(
+            port,
             Some(ZUUL_PW),
-            "X-Request-Id: my-id-42\r\n",
+            "GET",
+            "/v2/team/app/manifests/nope",
+            &[],
+            b"",
         );
-        assert_eq!(status, 200);
-        assert!(
-            headers.contains(&("x-request-id".into(), "my-id-42".into())),
-            "{headers:?}"
-        );
-        assert_eq!(request(port, "GET", "/v2/", None, "").0, 401);
-        assert_eq!(
-            request(
-                port,
-                "POST",
-                "/v2/team/app/blobs/uploads/",
-                Some(reader),
-                ""
-            )
-            .0,
-            403
-        );
-        assert_eq!(
-            request(
-                port,
-                "GET",
-                "/v2/team/app/manifests/nope",
-                Some(ZUUL_PW),
-                ""
-            )
-            .0,
-            404
-        );
+        assert_eq!(missing.status, 404);
         let token = "/auth/token?account=zuul&scope=repository:team/app:pull&service=x";
-        assert_eq!(request(port, "GET", token, Some(ZUUL_PW), "").0, 200);
+        assert_eq!(
+            request(port, Some(ZUUL_PW), "GET", token, &[], b"").status,
+            200
+        );
         let log = serve.log();
         serve.stop();
 
