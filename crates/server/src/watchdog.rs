@@ -25,8 +25,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use axum::body::{Body, Bytes};
-use http_body::{Frame, SizeHint};
+use axum::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -144,37 +143,11 @@ impl Drop for RequestGuard {
 }
 
 /// `body`, holding `guard` until it is dropped (once hyper has written it,
-/// or given up).
+/// or given up): the body tap owns the guard and ignores the byte counts.
 pub(crate) fn guarded(body: Body, guard: RequestGuard) -> Body {
-    Body::new(Guarded {
-        inner: body,
-        _guard: guard,
+    crate::body::tapped(body, move |_| {
+        let _held = &guard;
     })
-}
-
-struct Guarded {
-    inner: Body,
-    _guard: RequestGuard,
-}
-
-impl http_body::Body for Guarded {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// A connection's stream, reporting the bytes it reads to its [`Activity`].
