@@ -15,18 +15,13 @@
 //! or the set of blobs is one call, which keeps catalog and GC cheap.
 
 use std::fmt;
-use std::pin::Pin;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use speculum_oci::{Digest, RepositoryName};
-use tokio::io::AsyncRead;
 
-use crate::Result;
-
-/// A stream of blob bytes.
-pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+use crate::{BodyStream, Result};
 
 /// The id of an upload session: a lowercase hyphenated UUID.
 ///
@@ -133,7 +128,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Read `len` bytes of a blob from `offset` (the caller has checked the
     /// range against the size), or `None` if the blob is not stored.
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64)
-    -> Result<Option<BlobReader>>;
+    -> Result<Option<BodyStream>>;
 
     /// Store a small blob whose digest the caller has verified. Storing a
     /// blob that exists already is not an error.
@@ -168,7 +163,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn upload_writer(&self, id: &UploadId) -> Result<Box<dyn UploadWriter>>;
 
     /// Read everything received so far by an upload session.
-    async fn read_upload(&self, id: &UploadId) -> Result<BlobReader>;
+    async fn read_upload(&self, id: &UploadId) -> Result<BodyStream>;
 
     /// Turn an upload session into the blob `digest` (verified by the
     /// caller): make it durable, move it into place atomically (or drop it

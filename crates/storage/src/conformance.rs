@@ -186,7 +186,9 @@ pub fn detail<T: Debug>(r: Result<T>) -> serde_json::Value {
 
 pub async fn read_all(mut blob: BlobBody) -> Vec<u8> {
     let mut out = Vec::new();
-    blob.reader.read_to_end(&mut out).await.unwrap();
+    while let Some(chunk) = blob.reader.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
     out
 }
 
@@ -799,15 +801,11 @@ pub async fn big_blob_streaming(registry: &Registry) {
     let mut blob = registry.read_blob(&r, &digest, None).await.unwrap();
     assert_eq!(blob.len(), size);
     let mut check = Algorithm::Sha256.digester();
-    let mut buf = vec![0u8; 100_000];
     let mut total = 0u64;
-    loop {
-        let n = blob.reader.read(&mut buf).await.unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        check.update(&buf[..n]);
+    while let Some(chunk) = blob.reader.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len() as u64;
+        check.update(&chunk);
     }
     assert_eq!(total, size);
     assert_eq!(check.finish(), digest);

@@ -74,7 +74,6 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures_util::Stream;
 use speculum_oci::{Digest, ErrorCode, ManifestInfo};
-use tokio::io::AsyncRead;
 
 mod backend;
 #[cfg(any(test, feature = "conformance"))]
@@ -83,7 +82,7 @@ mod fs;
 mod memory;
 mod registry;
 
-pub use backend::{Backend, BlobReader, CollectorLock, Table, UploadId, UploadInfo, UploadWriter};
+pub use backend::{Backend, CollectorLock, Table, UploadId, UploadInfo, UploadWriter};
 pub use fs::FsBackend;
 pub use memory::MemoryBackend;
 pub use registry::{
@@ -91,7 +90,13 @@ pub use registry::{
     RemovedManifest, RemovedTag, RetentionPolicy, RetentionRule, SCRATCH_MAX_AGE, TagInfo,
 };
 
-/// A request body as a stream of chunks.
+/// Bytes as a stream of chunks: a request body on its way in, a blob on its
+/// way out.
+///
+/// Blob reads are chunks rather than an `AsyncRead` so that what a backend
+/// already holds as `Bytes` (the memory backend's blob, a file chunk read in
+/// one system call, an object store's response) reaches the HTTP body
+/// without another copy through a reader's buffer.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// A body stream that yields `bytes` as one chunk.
@@ -214,8 +219,8 @@ pub struct BlobBody {
     /// The inclusive end of the range served (`0` for an empty blob, whose
     /// reader is empty).
     pub end: u64,
-    /// The bytes of the range.
-    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+    /// The bytes of the range, in chunks.
+    pub reader: BodyStream,
 }
 
 impl BlobBody {

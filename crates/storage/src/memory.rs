@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use speculum_oci::{Digest, RepositoryName};
 
-use crate::Result;
+use crate::{BodyStream, Result};
 use crate::backend::{
-    Backend, BlobReader, CollectorLock, Table, UploadId, UploadInfo, UploadWriter, check_key,
+    Backend, CollectorLock, Table, UploadId, UploadInfo, UploadWriter, check_key,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -117,8 +117,8 @@ fn no_upload(id: &UploadId) -> crate::Error {
     .into()
 }
 
-fn reader(bytes: Bytes) -> BlobReader {
-    Box::pin(std::io::Cursor::new(bytes))
+fn reader(bytes: Bytes) -> BodyStream {
+    Box::pin(futures_util::stream::once(async { Ok(bytes) }))
 }
 
 /// Clears the collector flag when the collector's lock is dropped.
@@ -163,7 +163,7 @@ impl Backend for MemoryBackend {
         digest: &Digest,
         offset: u64,
         len: u64,
-    ) -> Result<Option<BlobReader>> {
+    ) -> Result<Option<BodyStream>> {
         let Some(blob) = self.lock().blobs.get(digest).map(|b| b.bytes.clone()) else {
             return Ok(None);
         };
@@ -236,7 +236,7 @@ impl Backend for MemoryBackend {
         }))
     }
 
-    async fn read_upload(&self, id: &UploadId) -> Result<BlobReader> {
+    async fn read_upload(&self, id: &UploadId) -> Result<BodyStream> {
         let s = self.lock();
         let upload = s.uploads.get(id).ok_or_else(|| no_upload(id))?;
         Ok(reader(Bytes::copy_from_slice(&upload.data)))

@@ -25,7 +25,6 @@ use serde_json::json;
 use speculum_oci::{
     Algorithm, Descriptor, Digest, Digester, ErrorCode, Reference, RepositoryName, Tag, manifest,
 };
-use tokio::io::AsyncReadExt as _;
 
 use crate::backend::{Backend, Table, UploadId, UploadInfo, UploadWriter};
 use crate::fs::FsBackend;
@@ -40,9 +39,6 @@ pub use gc::{
     SCRATCH_MAX_AGE,
 };
 pub use retention::{PatternError, RetentionPolicy, RetentionRule};
-
-/// Buffer size for rehashing an upload whose in-memory digest state is gone.
-const HASH_BUFFER: usize = 256 * 1024;
 
 /// What the registry keeps in memory for an upload session: the streaming
 /// digest of the bytes received so far (lost on restart, then recomputed).
@@ -663,15 +659,10 @@ impl Registry {
     }
 
     async fn rehash(&self, id: &UploadId, alg: Algorithm) -> Result<Digest> {
-        let mut reader = self.backend_ref().read_upload(id).await?;
+        let mut chunks = self.backend_ref().read_upload(id).await?;
         let mut digester = alg.digester();
-        let mut buf = vec![0; HASH_BUFFER];
-        loop {
-            let n = reader.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            digester.update(&buf[..n]);
+        while let Some(chunk) = chunks.next().await {
+            digester.update(&chunk?);
         }
         Ok(digester.finish())
     }
@@ -917,7 +908,9 @@ impl Registry {
             .unwrap_or(0)
             .min(manifest::MAX_MANIFEST_SIZE);
         let mut bytes = Vec::with_capacity(capacity);
-        reader.read_to_end(&mut bytes).await?;
+        while let Some(chunk) = reader.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
         if bytes.len() as u64 != record.size {
             return Err(corrupt(format!(
                 "manifest {digest} has {} bytes, expected {}",

@@ -5,15 +5,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use speculum_oci::ErrorCode;
 use speculum_storage::ByteRange;
-use tokio_util::io::ReaderStream;
 
 use super::{Ctx, DOCKER_CONTENT_DIGEST, hv, parse_digest};
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
-
-/// How much of a blob is read per chunk sent.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// A `Range` request header resolved against a blob's size.
 enum Wanted {
@@ -103,7 +99,7 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Respo
         } else {
             blob.end - blob.start + 1
         };
-        let body = Body::from_stream(ReaderStream::with_capacity(blob.reader, READ_CHUNK));
+        let body = Body::from_stream(blob.reader);
         let mut response = body.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
