@@ -45,10 +45,10 @@ use bytes::Bytes;
 use speculum_oci::{Digest, RepositoryName};
 use tokio::io::AsyncWriteExt;
 
-use crate::{BodyStream, Result};
 use crate::backend::{
     Backend, CollectorLock, Table, UploadId, UploadInfo, UploadWriter, check_key,
 };
+use crate::{BodyStream, Result};
 
 /// Blobs and uploads are read in chunks of this size: one system call, one
 /// hand-off to the blocking pool and one `Bytes` per MiB.

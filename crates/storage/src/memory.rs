@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use speculum_oci::{Digest, RepositoryName};
 
-use crate::{BodyStream, Result};
 use crate::backend::{
     Backend, CollectorLock, Table, UploadId, UploadInfo, UploadWriter, check_key,
 };
+use crate::{BodyStream, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TableKey {

@@ -32,6 +32,7 @@ use crate::memory::MemoryBackend;
 use crate::{BlobBody, BodyStream, ByteRange, Error, Page, PutManifest, Result, StoredManifest};
 
 mod gc;
+mod manifest_cache;
 mod owners;
 mod retention;
 pub use gc::{
@@ -69,6 +70,8 @@ struct Inner {
     clock: std::sync::RwLock<Clock>,
     /// Open upload sessions per owner, for [`Registry::start_upload_as`].
     owners: owners::Owners,
+    /// Manifest bytes by digest, for reads.
+    manifests: manifest_cache::ManifestCache,
 }
 
 /// The registry layer over a backend. Cheap to clone.
@@ -223,6 +226,7 @@ impl Registry {
                 gc_run: tokio::sync::Mutex::default(),
                 clock: std::sync::RwLock::new(Arc::new(SystemTime::now)),
                 owners: owners::Owners::default(),
+                manifests: manifest_cache::ManifestCache::new(manifest_cache::CAPACITY),
             }),
         }
     }
@@ -797,8 +801,9 @@ impl Registry {
                 .chain([&digest]),
         );
         let be = self.backend_ref();
-        be.write_blob(&digest, bytes).await?;
+        be.write_blob(&digest, bytes.clone()).await?;
         be.touch_blob(&digest, self.now()).await?;
+        self.inner.manifests.insert(&digest, bytes);
         let subject = info.subject.as_ref().map(|s| s.digest.clone());
         let pushed = Some(unix_secs(self.now()));
         let record = ManifestRecord {
@@ -872,6 +877,16 @@ impl Registry {
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<Option<Digest>> {
+        Ok(self.resolve_record(repo, reference).await?.map(|(d, _)| d))
+    }
+
+    /// The digest a reference names in `repo` and the manifest's record, if
+    /// the manifest is there.
+    async fn resolve_record(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<Option<(Digest, ManifestRecord)>> {
         let digest = match reference {
             Reference::Tag(tag) => match self.resolve_tag(repo, tag.as_str()).await? {
                 Some(d) => d,
@@ -879,7 +894,10 @@ impl Registry {
             },
             Reference::Digest(d) => d.clone(),
         };
-        Ok(self.manifest_record(repo, &digest).await?.map(|_| digest))
+        Ok(self
+            .manifest_record(repo, &digest)
+            .await?
+            .map(|r| (digest, r)))
     }
 
     /// A manifest by tag or digest: the exact bytes pushed and their media type.
@@ -888,41 +906,49 @@ impl Registry {
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<StoredManifest> {
-        let digest = self
-            .resolve(repo, reference)
+        let (digest, record) = self
+            .resolve_record(repo, reference)
             .await?
             .ok_or_else(|| manifest_unknown(reference))?;
-        let record = self
-            .manifest_record(repo, &digest)
-            .await?
-            .ok_or_else(|| manifest_unknown(reference))?;
-        let Some(mut reader) = self
-            .backend_ref()
-            .read_blob(&digest, 0, record.size)
-            .await?
-        else {
-            tracing::error!(%repo, %digest, "manifest registered but its blob is missing");
-            return Err(manifest_unknown(reference));
+        let bytes = match self.inner.manifests.get(&digest) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = self.read_manifest_bytes(&digest, record.size).await?;
+                let Some(bytes) = bytes else {
+                    tracing::error!(%repo, %digest, "manifest registered but its blob is missing");
+                    return Err(manifest_unknown(reference));
+                };
+                self.inner.manifests.insert(&digest, bytes.clone());
+                bytes
+            }
         };
-        let capacity = usize::try_from(record.size)
+        Ok(StoredManifest {
+            digest,
+            media_type: record.media_type,
+            bytes,
+        })
+    }
+
+    /// A manifest's bytes from the backend, checked against the size its
+    /// record gives; `None` if its blob is missing.
+    async fn read_manifest_bytes(&self, digest: &Digest, size: u64) -> Result<Option<Bytes>> {
+        let Some(mut reader) = self.backend_ref().read_blob(digest, 0, size).await? else {
+            return Ok(None);
+        };
+        let capacity = usize::try_from(size)
             .unwrap_or(0)
             .min(manifest::MAX_MANIFEST_SIZE);
         let mut bytes = Vec::with_capacity(capacity);
         while let Some(chunk) = reader.next().await {
             bytes.extend_from_slice(&chunk?);
         }
-        if bytes.len() as u64 != record.size {
+        if bytes.len() as u64 != size {
             return Err(corrupt(format!(
-                "manifest {digest} has {} bytes, expected {}",
+                "manifest {digest} has {} bytes, expected {size}",
                 bytes.len(),
-                record.size
             )));
         }
-        Ok(StoredManifest {
-            digest,
-            media_type: record.media_type,
-            bytes: bytes.into(),
-        })
+        Ok(Some(bytes.into()))
     }
 
     /// Delete by digest: the manifest, every tag pointing at it and its
