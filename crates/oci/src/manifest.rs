@@ -149,6 +149,26 @@ struct Raw {
     annotations: Option<BTreeMap<String, String>>,
 }
 
+/// Decode a manifest's fields: in one pass straight from the bytes when
+/// they are a JSON object that decodes cleanly, which is every manifest a
+/// real client pushes. Anything else goes through a `serde_json::Value`,
+/// which tells what is wrong, and accepts what the registry always accepted
+/// (a repeated key, the last one winning).
+fn decode(bytes: &[u8]) -> Result<Raw, Error> {
+    // A JSON array would decode into the struct field by field.
+    let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if object && let Ok(raw) = serde_json::from_slice::<Raw>(bytes) {
+        return Ok(raw);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("manifest is not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(invalid("manifest is not a JSON object"));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| invalid(format!("manifest has an invalid field: {e}")))
+}
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorKind::Manifest, msg)
 }
@@ -165,13 +185,7 @@ pub fn parse(content_type: Option<&str>, bytes: &[u8]) -> Result<ManifestInfo, E
             "manifest is larger than {MAX_MANIFEST_SIZE} bytes"
         )));
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("manifest is not JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(invalid("manifest is not a JSON object"));
-    }
-    let raw: Raw = serde_json::from_value(value)
-        .map_err(|e| invalid(format!("manifest has an invalid field: {e}")))?;
+    let raw = decode(bytes)?;
 
     let header = content_type
         .map(media_type::essence)
@@ -306,6 +320,24 @@ mod tests {
         let m = parse(Some("application/json"), body.as_bytes()).unwrap();
         assert_eq!(m.media_type, OCI_INDEX);
         assert_eq!(m.manifests.len(), 1);
+    }
+
+    #[test]
+    fn the_one_pass_decode_changes_nothing_accepted_or_refused() {
+        // A repeated key decodes as it always did: the last one wins.
+        let repeated = image(OCI_MANIFEST).replacen(
+            r#""schemaVersion":2,"#,
+            r#""schemaVersion":2,"mediaType":"text/plain","#,
+            1,
+        );
+        let m = parse(None, repeated.as_bytes()).unwrap();
+        assert_eq!(m.media_type, OCI_MANIFEST);
+        // An array holding the fields in order is still not a manifest.
+        let array = format!(r#"[2,"{OCI_MANIFEST}"]"#);
+        let e = parse(None, array.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("not a JSON object"), "{e}");
+        let e = parse(None, br#"{"layers": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("invalid field"), "{e}");
     }
 
     #[test]
