@@ -153,7 +153,9 @@ impl BuildsetServer {
                 (dir.path().to_path_buf(), Some(dir))
             }
         };
-        let registry = Registry::filesystem(&root)
+        // A buildset registry's storage does not outlive its buildset, nor
+        // the node a power loss would end the buildset with: no flushes.
+        let registry = Registry::filesystem_with(&root, speculum_storage::Durability::PageCache)
             .await
             .map_err(|e| StartError::Storage(e.to_string()))?;
         crate::intermediate::remove_stale_scratch(&registry).await;

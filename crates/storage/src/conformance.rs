@@ -32,7 +32,6 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde_json::json;
 use speculum_oci::{Algorithm, Digest, ErrorCode, Reference, RepositoryName, media_type};
-use tokio::io::AsyncReadExt as _;
 
 use crate::{
     BlobBody, BodyStream, ByteRange, Error, PruneOptions, Registry, Result, RetentionPolicy,

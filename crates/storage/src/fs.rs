@@ -63,6 +63,43 @@ const READ_AHEAD: usize = 2;
 #[derive(Debug, Clone)]
 pub struct FsBackend {
     root: PathBuf,
+    durability: Durability,
+}
+
+/// Whether a write is flushed to the disk before it is acknowledged.
+///
+/// Either way a write is atomic (temporary file, then rename), and a crash
+/// of the process, even `kill -9`, loses nothing acknowledged: the data is
+/// in the kernel's page cache. What the flush adds is surviving a power
+/// loss or a kernel crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync files and their directories before acknowledging: for a store
+    /// that outlives its machine's uptime (the intermediate registry).
+    #[default]
+    Flushed,
+    /// Leave the flush to the kernel: for a store that does not outlive
+    /// its machine anyway (a buildset registry's temporary root, gone with
+    /// the buildset), where a flush per blob, manifest and tag costs push
+    /// time and buys nothing.
+    PageCache,
+}
+
+impl Durability {
+    fn sync_file(self, file: &std::fs::File) -> io::Result<()> {
+        match self {
+            Durability::Flushed => file.sync_all(),
+            Durability::PageCache => Ok(()),
+        }
+    }
+
+    /// fsync a directory, so that a rename or create in it is durable.
+    fn sync_dir(self, dir: &Path) -> io::Result<()> {
+        match self {
+            Durability::Flushed => std::fs::File::open(dir)?.sync_all(),
+            Durability::PageCache => Ok(()),
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -132,13 +169,8 @@ fn not_found_is<T>(r: io::Result<T>, default: T) -> io::Result<T> {
     }
 }
 
-/// fsync a directory, so that a rename or create in it is durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Write `bytes` to `dest` atomically through a temporary file in `tmp`.
-fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
     use std::io::Write as _;
     let parent = dest
         .parent()
@@ -148,9 +180,9 @@ fn write_atomic(tmp: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = std::fs::File::create(&temp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        durability.sync_file(&f)?;
         std::fs::rename(&temp, dest)?;
-        sync_dir(parent)
+        durability.sync_dir(parent)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -174,10 +206,16 @@ fn list_dir(dir: &Path) -> io::Result<Vec<String>> {
 }
 
 impl FsBackend {
-    /// Open (creating it if needed) a store rooted at `root`.
+    /// Open (creating it if needed) a store rooted at `root`, flushing
+    /// every write ([`Durability::Flushed`]).
     pub async fn open(root: impl Into<PathBuf>) -> Result<FsBackend> {
+        FsBackend::open_with(root, Durability::Flushed).await
+    }
+
+    /// Open (creating it if needed) a store rooted at `root`.
+    pub async fn open_with(root: impl Into<PathBuf>, durability: Durability) -> Result<FsBackend> {
         let root = root.into();
-        let backend = FsBackend { root };
+        let backend = FsBackend { root, durability };
         for dir in [
             backend.blobs_dir(),
             backend.uploads_dir(),
@@ -343,11 +381,12 @@ impl Backend for FsBackend {
     async fn write_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
         let dest = self.blob_path(digest);
         let tmp = self.tmp_dir();
+        let durability = self.durability;
         blocking(move || {
             if dest.exists() {
                 return Ok(());
             }
-            write_atomic(&tmp, &dest, &bytes)
+            write_atomic(&tmp, &dest, &bytes, durability)
         })
         .await
     }
@@ -413,13 +452,14 @@ impl Backend for FsBackend {
         })
         .map_err(io::Error::other)?;
         let uploads = self.uploads_dir();
+        let durability = self.durability;
         blocking(move || {
             let result = (|| {
                 std::fs::create_dir(&staging)?;
                 std::fs::write(staging.join("info"), &info)?;
                 std::fs::File::create(staging.join("data"))?;
                 std::fs::rename(&staging, &dest)?;
-                sync_dir(&uploads)
+                durability.sync_dir(&uploads)
             })();
             if result.is_err() {
                 let _ = std::fs::remove_dir_all(&staging);
@@ -483,12 +523,13 @@ impl Backend for FsBackend {
     async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> Result<u64> {
         let dir = self.upload_dir(id);
         let dest = self.blob_path(digest);
+        let durability = self.durability;
         blocking(move || {
             let data = dir.join("data");
             let file = std::fs::File::open(&data)?;
             let size = file.metadata()?.len();
             if !dest.exists() {
-                file.sync_all()?;
+                durability.sync_file(&file)?;
                 let parent = dest
                     .parent()
                     .ok_or_else(|| io::Error::other("blob path has no parent"))?;
@@ -496,7 +537,7 @@ impl Backend for FsBackend {
                 // Another upload of the same blob may win the race; rename
                 // replaces its identical file atomically.
                 std::fs::rename(&data, &dest)?;
-                sync_dir(parent)?;
+                durability.sync_dir(parent)?;
             }
             drop(file);
             std::fs::remove_dir_all(&dir)?;
@@ -527,7 +568,8 @@ impl Backend for FsBackend {
     async fn put(&self, table: Table<'_>, key: &str, value: Bytes) -> Result<()> {
         let path = self.table_path(table, key)?;
         let tmp = self.tmp_dir();
-        blocking(move || write_atomic(&tmp, &path, &value)).await
+        let durability = self.durability;
+        blocking(move || write_atomic(&tmp, &path, &value, durability)).await
     }
 
     async fn remove(&self, table: Table<'_>, key: &str) -> Result<bool> {
@@ -627,6 +669,21 @@ mod tests {
         let registry = crate::Registry::filesystem(dir.path()).await.unwrap();
         (registry, Root(dir))
     });
+
+    /// The same suite on a store that leaves flushing to the kernel, as a
+    /// buildset registry's does: only the fsyncs differ.
+    mod page_cache {
+        use super::Root;
+
+        crate::conformance_tests!(async {
+            let dir = tempfile::tempdir().unwrap();
+            let registry =
+                crate::Registry::filesystem_with(dir.path(), crate::Durability::PageCache)
+                    .await
+                    .unwrap();
+            (registry, Root(dir))
+        });
+    }
 
     /// The store's root, where a test can leave what a crash leaves.
     struct Root(tempfile::TempDir);

@@ -83,7 +83,7 @@ mod memory;
 mod registry;
 
 pub use backend::{Backend, CollectorLock, Table, UploadId, UploadInfo, UploadWriter};
-pub use fs::FsBackend;
+pub use fs::{Durability, FsBackend};
 pub use memory::MemoryBackend;
 pub use registry::{
     GcOptions, GcReport, GcSummary, PatternError, PruneOptions, Registry, RemovedLink,

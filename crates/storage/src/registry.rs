@@ -260,9 +260,19 @@ impl Registry {
         Registry::new(MemoryBackend::new())
     }
 
-    /// A registry stored under `root` (created if needed).
+    /// A registry stored under `root` (created if needed), flushing every
+    /// write to the disk.
     pub async fn filesystem(root: &std::path::Path) -> Result<Registry> {
         Ok(Registry::new(FsBackend::open(root).await?))
+    }
+
+    /// A registry stored under `root` (created if needed) with the given
+    /// [`Durability`](crate::Durability).
+    pub async fn filesystem_with(
+        root: &std::path::Path,
+        durability: crate::Durability,
+    ) -> Result<Registry> {
+        Ok(Registry::new(FsBackend::open_with(root, durability).await?))
     }
 
     /// The backend underneath.
