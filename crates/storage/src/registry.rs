@@ -485,12 +485,20 @@ impl Registry {
         UploadInfo,
     )> {
         let id = UploadId::parse(id).ok_or_else(upload_unknown)?;
-        // Check before creating in-memory state, so bogus ids cost nothing.
-        self.upload_of(repo, &id).await?;
-        let session = lock(&self.inner.sessions)
-            .entry(id.clone())
-            .or_default()
-            .clone();
+        let known = lock(&self.inner.sessions).get(&id).cloned();
+        let session = match known {
+            Some(session) => session,
+            None => {
+                // Check before creating in-memory state, so bogus ids cost
+                // nothing. A session this process knows skips it: the check
+                // under the lock below is the one that counts.
+                self.upload_of(repo, &id).await?;
+                lock(&self.inner.sessions)
+                    .entry(id.clone())
+                    .or_default()
+                    .clone()
+            }
+        };
         let guard = session.clone().lock_owned().await;
         match self.upload_of(repo, &id).await {
             Ok(info) => Ok((id, session, guard, info)),
