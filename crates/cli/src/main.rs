@@ -332,6 +332,7 @@ fn registry_for(
             insecure,
             certs_dirs,
             attempts: None,
+            token: None,
         },
     )?))
 }

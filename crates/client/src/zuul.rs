@@ -108,6 +108,7 @@ impl RegistryInfo {
                 insecure: self.insecure.unwrap_or(false),
                 certs_dirs: None,
                 attempts: None,
+                token: None,
             },
         )
     }

@@ -134,6 +134,7 @@ impl Upstreams {
                 // One retry at most: a client is waiting, and a miss is
                 // better answered fast (it falls back) than late.
                 attempts: Some(2),
+                token: None,
             };
             let client =
                 speculum_client::Registry::new(&s.host, opts).map_err(|e| UpstreamError {
