@@ -19,7 +19,7 @@ use crate::auth::AuthPolicy;
 use crate::limits::ConnectionLimits;
 use crate::serve::Server;
 use crate::tls::{TlsError, generate_certificate, server_config};
-use crate::{AppState, router};
+use crate::{AppState, Speculative, router};
 
 /// How to run a buildset registry.
 #[derive(Debug, Clone)]
@@ -177,7 +177,8 @@ impl BuildsetServer {
         // the registry.
         let auth = AuthPolicy::buildset(options.username.clone(), password.as_bytes())
             .with_tls(!options.insecure_http);
-        let app = router(AppState::new(registry, auth));
+        let state = AppState::new(registry, auth).with_speculative(Speculative::new());
+        let app = router(state);
         let server =
             Server::start_with(listener, app, tls, options.connections).map_err(|source| {
                 StartError::Bind {
