@@ -4,6 +4,10 @@
 //! random password for one push user, anonymous pull. Once it accepts
 //! connections it describes itself as a [`RegistryInfo`], exactly the
 //! `buildset_registry` dict that zuul-jobs passes around.
+//!
+//! It alone takes speculative-image registrations (`PUT
+//! /speculum/v1/speculative`, the push user only): the lazy pull of the
+//! images of the changes ahead (see the `speculative` module).
 
 use std::fmt;
 use std::io::Write as _;

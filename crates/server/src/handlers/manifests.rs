@@ -175,8 +175,9 @@ pub(crate) async fn delete(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult
         .delete_manifest(&repo.stored, &reference)
         .await;
     // A registered tag not stored yet is deleted by forgetting it.
+    let forgotten = change.as_ref().is_some_and(|c| c.forgotten);
     match deleted {
-        Err(e) if !change.as_ref().is_some_and(|c| c.forgotten) => return Err(e.into()),
+        Err(e) if !(forgotten && crate::upstream::held::is_unknown(&e)) => return Err(e.into()),
         _ => {}
     }
     tracing::info!(repo = %repo.stored, reference = %reference, "manifest deleted");

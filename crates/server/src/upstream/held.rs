@@ -391,7 +391,9 @@ impl Held {
 
     /// Store a blob's bytes from `remote` (checked against the digest by
     /// storage), then the manifests it completes. Content that does not
-    /// match, or a broken stream, is the 404 to answer.
+    /// match, or a broken stream, is the 404 to answer; once the blob is
+    /// stored, a manifest that cannot be stored yet stays held (it is
+    /// tried again with the next blob), and the blob is answered.
     pub(crate) async fn store_blob(
         &self,
         registry: &Registry,
@@ -404,7 +406,9 @@ impl Held {
         match registry.put_blob(repo, digest, body).await {
             Ok(size) => {
                 tracing::info!(remote = %remote.name(), %repo, %digest, size, elapsed = ?started.elapsed(), "fetched blob");
-                self.commit_pending(registry, repo).await?;
+                if let Err(e) = self.commit_pending(registry, repo).await {
+                    tracing::warn!(%repo, error = %e, "cannot store the manifests this blob completes; they stay held");
+                }
                 Ok(size)
             }
             Err(e @ speculum_storage::Error::Client { .. }) => {
