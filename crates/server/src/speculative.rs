@@ -281,11 +281,13 @@ impl Speculative {
         let (registry, repo, digest) = (registry.clone(), repo.clone(), digest.clone());
         let remote = origin.remote.clone();
         tokio::spawn(async move {
-            let _flight = flight;
             let stored = inner
                 .held
                 .store_blob(&registry, &repo, &remote, &digest, to_storage)
                 .await;
+            // Stored (or failed): the requests waiting for this download
+            // need not wait for this client to read its last chunk.
+            drop(flight);
             finish
                 .done(stored.map(|_| ()).map_err(|e| e.to_string()))
                 .await;
