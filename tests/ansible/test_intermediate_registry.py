@@ -73,3 +73,71 @@ def test_pull_without_artifacts_does_nothing(ansible):
         'intermediate_registry': {'host': '127.0.0.1', 'port': support.closed_port()},
     }, extra_vars={'zuul': ansible.zuul_vars()})
     assert 'No container image artifacts' in proc.stdout
+
+
+def stored_blobs(root) -> list:
+    """The blobs a buildset registry started by run-buildset-registry holds."""
+    return [p for p in (root / 'storage' / 'blobs').rglob('*') if p.is_file()]
+
+
+def test_lazy_pull_registers_and_blobs_follow_the_pulls(ansible, tmp_path, busybox_layout):
+    support.binary('speculum')
+    # The intermediate registry: a speculum registry with TLS, a password and a token service.
+    _, intermediate, ir_root = conftest.start_buildset_registry(tmp_path / 'ir')
+    _, fresh, fresh_root = conftest.start_buildset_registry(tmp_path / 'fresh')
+    try:
+        ansible.secrets += [intermediate['password'], fresh['password']]
+        ir_ref = f'localhost:{intermediate["port"]}/{conftest.QUAY_IMAGE}:{BUILD}_latest'
+        support.skopeo('copy', '--dest-cert-dir', str(support.cert_dir_for(tmp_path, intermediate)),
+                       '--dest-creds', f'zuul:{intermediate["password"]}',
+                       f'oci:{busybox_layout}:latest', f'docker://{ir_ref}')
+        artifacts = [{'name': f'{conftest.QUAY_IMAGE}:latest', 'url': f'docker://{ir_ref}',
+                      'metadata': {'type': 'container_image', 'repository': conftest.QUAY_IMAGE, 'tag': 'latest'}}]
+        proc = ansible.role('pull-from-intermediate-registry', {
+            'buildset_registry': fresh, 'intermediate_registry': intermediate,
+            'pull_from_intermediate_registry_method': 'lazy',
+        }, extra_vars={'zuul': ansible.zuul_vars(artifacts=artifacts)})
+        assert 'method: lazy' in proc.stdout
+        assert f'registered {conftest.QUAY_IMAGE}:latest = sha256:' in proc.stdout
+        assert stored_blobs(fresh_root) == [], 'the lazy pull copied blobs'
+        assert list(ansible.tmpdir.glob('speculum-*')) == [], 'the variables file was left behind'
+
+        # A pull through the buildset registry fetches what it needs, and only that.
+        fresh_certs = support.cert_dir_for(tmp_path / 'later', fresh)
+        out = support.skopeo('inspect', '--cert-dir', str(fresh_certs),
+                             f'docker://localhost:{fresh["port"]}/{conftest.QUAY_IMAGE}:latest')
+        assert json.loads(out.stdout)['Architecture'] == 'amd64'
+        assert len(stored_blobs(fresh_root)) == 1, 'inspect reads the config blob alone'
+    finally:
+        support.stop_pidfile(ir_root / 'registry.pid')
+        support.stop_pidfile(fresh_root / 'registry.pid')
+
+
+def test_lazy_pull_copies_when_the_registry_has_no_token_service(
+        ansible, tmp_path, busybox_layout, reference_registry):
+    support.binary('speculum')
+    # docker-registry with htpasswd speaks HTTP Basic only.
+    ir = reference_registry
+    ir_ref = f'{ir["addr"]}/{conftest.QUAY_IMAGE}:{BUILD}_latest'
+    support.skopeo('copy', '--dest-tls-verify=false', '--dest-creds', f'zuul:{ir["password"]}',
+                   f'oci:{busybox_layout}:latest', f'docker://{ir_ref}')
+    _, fresh, fresh_root = conftest.start_buildset_registry(tmp_path / 'fresh')
+    try:
+        ansible.secrets += [ir['password'], fresh['password']]
+        artifacts = [{'name': f'{conftest.QUAY_IMAGE}:latest', 'url': f'docker://{ir_ref}',
+                      'metadata': {'type': 'container_image', 'repository': conftest.QUAY_IMAGE, 'tag': 'latest'}}]
+        intermediate = {'host': ir['host'], 'port': ir['port'], 'username': 'zuul',
+                        'password': ir['password'], 'insecure': True}
+        proc = ansible.role('pull-from-intermediate-registry', {
+            'buildset_registry': fresh, 'intermediate_registry': intermediate,
+            'pull_from_intermediate_registry_method': 'lazy',
+        }, extra_vars={'zuul': ansible.zuul_vars(artifacts=artifacts)})
+        assert 'Lazy pull refused, copying instead' in proc.stdout
+        assert 'only HTTP Basic' in proc.stdout
+        assert 'method: copy' in proc.stdout
+        assert stored_blobs(fresh_root) != [], 'nothing was copied'
+        fresh_certs = support.cert_dir_for(tmp_path / 'later', fresh)
+        support.skopeo('inspect', '--cert-dir', str(fresh_certs),
+                       f'docker://localhost:{fresh["port"]}/{conftest.QUAY_IMAGE}:latest')
+    finally:
+        support.stop_pidfile(fresh_root / 'registry.pid')

@@ -13,6 +13,9 @@ use speculum_client as sc;
 use speculum_client::{Endpoint, ImageRef, RegistryRef};
 
 mod progress;
+mod zuul;
+
+use zuul::ZuulCommand;
 
 /// Move container images between registries and OCI layouts, and gate them with Zuul.
 #[derive(Parser)]
@@ -221,28 +224,6 @@ enum Command {
     Zuul(ZuulCommand),
 }
 
-#[derive(Subcommand)]
-enum ZuulCommand {
-    /// Copy the container_image artifacts of the changes ahead into the buildset registry.
-    PullIntermediate {
-        /// JSON with buildset_registry, intermediate_registry and artifacts.
-        #[arg(long)]
-        vars: PathBuf,
-        /// Print a JSON report.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Copy this build's images to the intermediate registry and print zuul_return data.
-    PushIntermediate {
-        /// JSON with buildset_registry, intermediate_registry, images and build.
-        #[arg(long)]
-        vars: PathBuf,
-        /// Write the zuul_return data here instead of stdout.
-        #[arg(long)]
-        output: Option<PathBuf>,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli);
@@ -261,6 +242,9 @@ fn main() -> ExitCode {
 
 fn fail(e: &anyhow::Error) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "speculum: error: {e:#}");
+    if zuul::is_lazy_refusal(e) {
+        return ExitCode::from(zuul::LAZY_REFUSED);
+    }
     ExitCode::FAILURE
 }
 
@@ -332,6 +316,7 @@ fn registry_for(
             insecure,
             certs_dirs,
             attempts: None,
+            token: None,
         },
     )?))
 }
@@ -655,29 +640,7 @@ async fn run(cmd: Command) -> Result<()> {
                     .as_bytes())?;
             }
         }
-        Command::Zuul(ZuulCommand::PullIntermediate { vars, json }) => {
-            let v: sc::zuul::PullVars = sc::zuul::read_vars(&vars)?;
-            let report = sc::zuul::pull_intermediate(&v).await?;
-            if json {
-                out_json(&report)?;
-            }
-            if let Some(e) = report.error() {
-                return Err(anyhow!("pull-intermediate failed: {e}"));
-            }
-        }
-        Command::Zuul(ZuulCommand::PushIntermediate { vars, output }) => {
-            let v: sc::zuul::PushVars = sc::zuul::read_vars(&vars)?;
-            let (report, data) = sc::zuul::push_intermediate(&v).await?;
-            if let Some(e) = report.error() {
-                return Err(anyhow!("push-intermediate failed: {e}"));
-            }
-            let mut text = serde_json::to_vec_pretty(&data)?;
-            text.push(b'\n');
-            match output {
-                Some(p) => std::fs::write(&p, text).with_context(|| p.display().to_string())?,
-                None => out(&text)?,
-            }
-        }
+        Command::Zuul(cmd) => zuul::run(cmd).await?,
     }
     Ok(())
 }

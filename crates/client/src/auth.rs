@@ -60,6 +60,31 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// A bearer token obtained by someone else, used as it is: the holder of
+/// the credentials fetched it for the scopes the user of this token needs,
+/// so that the credentials themselves never travel. Its `Debug` never shows
+/// it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Wrap a token.
+    pub fn new(token: impl Into<String>) -> BearerToken {
+        BearerToken(token.into())
+    }
+
+    /// The token itself.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
 /// The auth files to consult, in order, from the environment.
 pub fn default_auth_files() -> Vec<PathBuf> {
     let mut files = Vec::new();

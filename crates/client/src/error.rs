@@ -92,6 +92,15 @@ pub enum Error {
     /// The TLS setup (CA files) is unusable.
     #[error("tls setup: {0}")]
     Tls(String),
+    /// A registry has no token service, so pull access cannot be handed to
+    /// someone else without its password (the lazy pull refuses).
+    #[error(
+        "{registry} offers only HTTP Basic auth, no token service: the lazy method would have to give its password to the buildset registry, so it is refused (the copy method works)"
+    )]
+    NoTokenService {
+        /// host[:port] of the registry.
+        registry: String,
+    },
 }
 
 impl Error {

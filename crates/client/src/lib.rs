@@ -30,7 +30,9 @@ mod registry;
 mod saas;
 pub mod zuul;
 
-pub use auth::{Challenge, Credentials, default_auth_files, lookup as lookup_credentials};
+pub use auth::{
+    BearerToken, Challenge, Credentials, default_auth_files, lookup as lookup_credentials,
+};
 pub use copy::{
     BlobAction, BlobReport, CopyOptions, CopyReport, Endpoint, ManifestReport, NoProgress,
     PlatformSelection, PlatformSpec, Progress, copy,
@@ -43,7 +45,7 @@ pub use ops::{
 };
 pub use reference::{DOCKER_HUB, ImageRef, LayoutRef, RegistryRef, host_port, parse_repository};
 pub use registry::{
-    ByteStream, RawManifest, Registry, RegistryOptions, Scope, UploadStart, default_certs_dirs,
-    http_client, install_crypto_provider, read_ca_file,
+    ByteStream, PullGrant, RawManifest, Registry, RegistryOptions, Scope, UploadStart,
+    default_certs_dirs, http_client, install_crypto_provider, read_ca_file,
 };
 pub use saas::{DockerHub, HUB_URL, Quay, TagInfo};

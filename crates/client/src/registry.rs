@@ -21,7 +21,7 @@ use speculum_oci::{
 };
 use tokio::sync::Mutex;
 
-use crate::auth::{Challenge, Credentials, TokenResponse};
+use crate::auth::{BearerToken, Challenge, Credentials, TokenResponse};
 use crate::error::{Error, Result, verify_digest};
 use crate::reference::DOCKER_HUB;
 
@@ -43,6 +43,9 @@ pub struct RegistryOptions {
     pub certs_dirs: Option<Vec<PathBuf>>,
     /// How many times to try a request that fails in a retryable way.
     pub attempts: Option<u32>,
+    /// A bearer token to send with every request instead of learning auth
+    /// from challenges (no credentials are then needed, or used).
+    pub token: Option<BearerToken>,
 }
 
 /// The `certs.d` directories docker and podman read, in their order.
@@ -121,6 +124,30 @@ struct CachedToken {
     expires: Instant,
 }
 
+/// A token as the token service issued it.
+struct Issued {
+    token: String,
+    expires_in: Option<u64>,
+}
+
+/// How a holder of a registry's credentials can let someone else pull
+/// without handing the credentials over.
+#[derive(Debug)]
+pub enum PullGrant {
+    /// A token from the registry's token service, scoped to pulling the
+    /// repositories asked for.
+    Token {
+        /// The token.
+        token: BearerToken,
+        /// Its lifetime in seconds, as the token service said.
+        expires_in: Option<u64>,
+    },
+    /// The registry answers without authentication: nothing to hand over.
+    Open,
+    /// The registry speaks HTTP Basic only: pulling needs the password.
+    BasicOnly,
+}
+
 /// What a manifest GET returned.
 #[derive(Debug, Clone)]
 pub struct RawManifest {
@@ -146,6 +173,7 @@ pub struct Registry {
     base: Url,
     http: reqwest::Client,
     credentials: Option<Credentials>,
+    token: Option<BearerToken>,
     state: Mutex<AuthState>,
     tokens: Mutex<HashMap<String, CachedToken>>,
     attempts: u32,
@@ -220,6 +248,7 @@ impl Registry {
             base,
             http: http_client(&pems)?,
             credentials: opts.credentials,
+            token: opts.token,
             state: Mutex::new(AuthState::Unknown),
             tokens: Mutex::new(HashMap::new()),
             attempts: opts.attempts.unwrap_or(4).max(1),
@@ -299,6 +328,9 @@ impl Registry {
             return Err(Error::Auth {
                 registry: self.name.clone(),
                 reason: match (&self.credentials, e) {
+                    (_, Error::Registry { detail, .. }) if self.token.is_some() => {
+                        format!("{detail} (the token was refused: expired, or not valid here)")
+                    }
                     (None, Error::Registry { detail, .. }) => {
                         format!("{detail} (no credentials given or found for {})", self.name)
                     }
@@ -321,6 +353,9 @@ impl Registry {
 
     /// The `Authorization` header to send for `scopes`, as far as we know now.
     async fn authorization(&self, scopes: &[Scope]) -> Result<Option<String>> {
+        if let Some(token) = &self.token {
+            return Ok(Some(format!("Bearer {}", token.as_str())));
+        }
         let state = self.state.lock().await.clone();
         match state {
             AuthState::Unknown => Ok(None),
@@ -333,10 +368,10 @@ impl Registry {
                         return Ok(Some(format!("Bearer {}", t.token)));
                     }
                 }
-                let token = self
+                let issued = self
                     .fetch_token(&realm, service.as_deref(), scopes, None)
                     .await?;
-                Ok(Some(format!("Bearer {token}")))
+                Ok(Some(format!("Bearer {}", issued.token)))
             }
         }
     }
@@ -347,7 +382,7 @@ impl Registry {
         service: Option<&str>,
         scopes: &[Scope],
         extra_scope: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<Issued> {
         let auth_err = |reason: String| Error::Auth {
             registry: self.name.clone(),
             reason,
@@ -406,17 +441,69 @@ impl Registry {
                 expires: Instant::now() + Duration::from_secs(life - 10),
             },
         );
-        Ok(token)
+        Ok(Issued {
+            token,
+            expires_in: t.expires_in,
+        })
+    }
+
+    /// Ask the registry for a token that lets someone else pull `repos`,
+    /// with this client's credentials: the registry's token service issues
+    /// it, so the credentials stay here. Learns the auth scheme from an
+    /// anonymous `GET /v2/`.
+    pub async fn pull_grant(&self, repos: &[RepositoryName]) -> Result<PullGrant> {
+        let url = self.url(paths::base())?;
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Error::Transport {
+                registry: self.name.clone(),
+                source: e,
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(PullGrant::Open);
+        }
+        if status != StatusCode::UNAUTHORIZED {
+            self.check(&Method::GET, resp).await?;
+            return Err(Error::Unsupported(format!(
+                "{} answered {status} to GET /v2/",
+                self.name
+            )));
+        }
+        let challenges = challenges(resp.headers());
+        let bearer = challenges.iter().find_map(|c| match c {
+            Challenge::Bearer { realm, service, .. } => Some((realm, service)),
+            Challenge::Basic => None,
+        });
+        match bearer {
+            Some((realm, service)) => {
+                let scopes: Vec<Scope> = repos.iter().map(Scope::pull).collect();
+                let issued = self
+                    .fetch_token(realm, service.as_deref(), &scopes, None)
+                    .await?;
+                Ok(PullGrant::Token {
+                    token: BearerToken::new(issued.token),
+                    expires_in: issued.expires_in,
+                })
+            }
+            None if challenges.contains(&Challenge::Basic) => Ok(PullGrant::BasicOnly),
+            None => Err(Error::Unsupported(format!(
+                "{} asks for an authentication scheme speculum does not speak",
+                self.name
+            ))),
+        }
     }
 
     /// React to a 401: learn the scheme and get fresh credentials.
     async fn on_challenge(&self, headers: &HeaderMap, scopes: &[Scope]) -> Result<bool> {
-        let challenges: Vec<Challenge> = headers
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(Challenge::parse)
-            .collect();
+        if self.token.is_some() {
+            // A fixed token: there is nothing else to try.
+            return Ok(false);
+        }
+        let challenges = challenges(headers);
         let bearer = challenges
             .iter()
             .find(|c| matches!(c, Challenge::Bearer { .. }));
@@ -841,6 +928,27 @@ impl Registry {
         }
     }
 
+    /// PUT a JSON body to `path` (an endpoint of speculum's own, outside
+    /// the distribution API), with the credentials sent as HTTP Basic at
+    /// once; returns the answer's body (at most 1 MiB).
+    pub async fn put_json(&self, path: &str, body: Bytes) -> Result<Bytes> {
+        let url = self.url(path)?;
+        let mut req = self
+            .http
+            .put(url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(c) = &self.credentials {
+            req = req.header(header::AUTHORIZATION, c.basic_header());
+        }
+        let resp = req.send().await.map_err(|e| Error::Transport {
+            registry: self.name.clone(),
+            source: e,
+        })?;
+        let resp = self.check(&Method::PUT, resp).await?;
+        read_limited(resp, 1024 * 1024).await
+    }
+
     /// Every tag of a repository, following `Link` pagination.
     pub async fn list_tags(&self, repo: &RepositoryName) -> Result<Vec<String>> {
         #[derive(serde::Deserialize)]
@@ -888,6 +996,16 @@ impl Registry {
         }
         Ok(out)
     }
+}
+
+/// The challenges of a 401 answer that speculum understands.
+fn challenges(headers: &HeaderMap) -> Vec<Challenge> {
+    headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(Challenge::parse)
+        .collect()
 }
 
 /// `host[:port]` of `url` (the whole URL if it has no host).

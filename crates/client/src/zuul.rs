@@ -10,7 +10,9 @@
 //!   (all platforms) from its `url` into the BR as
 //!   `<repository without a leading docker.io/>:<metadata.tag>`. When several
 //!   artifacts name the same destination, the last one in Zuul's order wins
-//!   (see [`pull_intermediate`]).
+//!   (see [`pull_intermediate`]). With [`PullMethod::Lazy`] nothing is
+//!   copied: the BR is told which image stands behind each name and fetches
+//!   blobs when a client pulls them (see the `lazy` module).
 //! - push: every `<BR>/<repository>:<tag>` is copied to
 //!   `<IR>/<repository>:<build>_<tag>`, and the artifacts are returned in the
 //!   shape `zuul_return` expects.
@@ -28,6 +30,10 @@ use crate::copy::{CopyOptions, CopyReport, Endpoint, NoProgress, PlatformSelecti
 use crate::error::{Error, Result};
 use crate::reference::{ImageRef, RegistryRef, host_port};
 use crate::registry::{Registry, RegistryOptions};
+
+mod lazy;
+
+pub use lazy::{Registered, SourceGrant, lazy_registration};
 
 /// How many copies of one step run at once.
 pub const PARALLEL_COPIES: usize = 4;
@@ -108,6 +114,7 @@ impl RegistryInfo {
                 insecure: self.insecure.unwrap_or(false),
                 certs_dirs: None,
                 attempts: None,
+                token: None,
             },
         )
     }
@@ -191,12 +198,47 @@ pub struct Superseded {
     pub by: String,
 }
 
+/// How the pull step brings the images of the changes ahead into the BR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullMethod {
+    /// Copy every image, all blobs, before the first job runs.
+    #[default]
+    Copy,
+    /// Tell the BR which image stands behind each name (manifests only);
+    /// it fetches blobs from the IR when a client pulls them.
+    Lazy,
+}
+
+impl std::str::FromStr for PullMethod {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<PullMethod> {
+        match s {
+            "copy" => Ok(PullMethod::Copy),
+            "lazy" => Ok(PullMethod::Lazy),
+            other => Err(Error::input(format!(
+                "unknown pull method {other:?} (copy or lazy)"
+            ))),
+        }
+    }
+}
+
 /// What a step did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StepReport {
+    /// Pull only: the method that ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<PullMethod>,
     /// The copies that succeeded, in the order they were planned.
     pub copies: Vec<CopyReport>,
-    /// The copies that failed.
+    /// Lazy pull only: the images the BR now serves, in Zuul's order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub registered: Vec<Registered>,
+    /// Lazy pull only: how the BR reaches each IR (never the token itself).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceGrant>,
+    /// The copies (or registrations) that failed.
     pub failures: Vec<StepFailure>,
     /// Pull only: artifacts skipped because a later one names the same destination.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -264,11 +306,7 @@ async fn run_copies(jobs: Vec<(Endpoint, Endpoint)>) -> StepReport {
         .await;
     results.sort_by_key(|(i, _, _)| *i);
     let results = results.into_iter().map(|(_, name, r)| (name, r));
-    let mut report = StepReport {
-        copies: vec![],
-        failures: vec![],
-        superseded: vec![],
-    };
+    let mut report = StepReport::default();
     for (image, r) in results {
         match r {
             Ok(c) => report.copies.push(c),
@@ -372,30 +410,47 @@ fn plan_pull(artifacts: &[serde_json::Value]) -> Result<PullPlan> {
     Ok(plan)
 }
 
-/// Copy the artifacts of the changes ahead from the IR into the BR.
+/// Bring the artifacts of the changes ahead from the IR into the BR, by
+/// `method`.
 ///
-/// Blobs and distinct destinations move in parallel; each destination tag
-/// gets the image of the last artifact in Zuul's order that names it, and
-/// the earlier ones are reported as superseded, not copied.
-pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
+/// Each destination tag gets the image of the last artifact in Zuul's
+/// order that names it, and the earlier ones are reported as superseded,
+/// neither copied nor registered.
+pub async fn pull_intermediate(vars: &PullVars, method: PullMethod) -> Result<StepReport> {
     let plan = plan_pull(&vars.artifacts)?;
-    let br = Arc::new(vars.buildset_registry.client()?);
-    let mut irs: Vec<Arc<Registry>> = Vec::new();
-    let mut jobs = Vec::new();
     for s in &plan.superseded {
         tracing::info!(destination = %s.destination, url = %s.url, by = %s.by, "artifact superseded by a later one");
     }
-    for c in plan.copies {
+    let mut report = match method {
+        PullMethod::Copy => copy_plan(vars, plan.copies).await?,
+        PullMethod::Lazy => lazy::register(vars, &plan.copies).await?,
+    };
+    report.method = Some(method);
+    report.superseded = plan.superseded;
+    Ok(report)
+}
+
+/// The IR's connection info for an artifact's registry: the artifact's
+/// host and port, with the IR's credentials and certificate.
+fn ir_info_for(vars: &PullVars, registry: &str) -> Result<RegistryInfo> {
+    let mut info = vars.intermediate_registry.clone();
+    let (h, p) = split_host_port(registry)?;
+    info.host = h;
+    info.port = p;
+    Ok(info)
+}
+
+/// Copy the planned images, blobs and distinct destinations in parallel.
+async fn copy_plan(vars: &PullVars, copies: Vec<PullCopy>) -> Result<StepReport> {
+    let br = Arc::new(vars.buildset_registry.client()?);
+    let mut irs: Vec<Arc<Registry>> = Vec::new();
+    let mut jobs = Vec::new();
+    for c in copies {
         tracing::info!(destination = %c.destination(), url = %c.url, "pulling artifact");
-        // The IR's credentials and certificate apply to the artifact's registry.
         let reg = match irs.iter().find(|r| r.name() == c.source.registry) {
             Some(r) => r.clone(),
             None => {
-                let mut info = vars.intermediate_registry.clone();
-                let (h, p) = split_host_port(&c.source.registry)?;
-                info.host = h;
-                info.port = p;
-                let r = Arc::new(info.client()?);
+                let r = Arc::new(ir_info_for(vars, &c.source.registry)?.client()?);
                 irs.push(r.clone());
                 r
             }
@@ -406,9 +461,7 @@ pub async fn pull_intermediate(vars: &PullVars) -> Result<StepReport> {
             Endpoint::registry(br.clone(), dst),
         ));
     }
-    let mut report = run_copies(jobs).await;
-    report.superseded = plan.superseded;
-    Ok(report)
+    Ok(run_copies(jobs).await)
 }
 
 fn split_host_port(registry: &str) -> Result<(String, u16)> {

@@ -1,6 +1,8 @@
 //! The OCI distribution protocol model shared by speculum's registry and
 //! helper: digests, repository names and tags, media types, manifest
-//! validation, spec error codes and URL paths. It does no I/O.
+//! validation, spec error codes, URL paths, and the speculative-image
+//! registration a buildset registry takes from the Zuul executor. It does no
+//! I/O.
 //!
 //! ```
 //! use speculum_oci::{Digest, RepositoryName, manifest, media_type};
@@ -26,6 +28,7 @@ pub mod manifest;
 pub mod media_type;
 mod name;
 pub mod paths;
+pub mod speculative;
 
 pub use digest::{Algorithm, Digest, Digester};
 pub use error::{Error, ErrorBody, ErrorCode, ErrorEntry, ErrorKind};

@@ -610,6 +610,36 @@ impl AuthPolicy {
         }
     }
 
+    /// Decide whether the request comes from a user who may push (HTTP
+    /// Basic, or a token issued to such a user): the one who may change
+    /// what this registry serves as a whole, such as registering
+    /// speculative images. No credentials, or wrong ones, are a 401; a
+    /// reader is a 403.
+    pub(crate) async fn authorize_writer(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
+        if self.open {
+            return Ok(Identity::Anonymous);
+        }
+        let may_push = |name: &str| {
+            self.db
+                .find(name)
+                .is_some_and(|u| u.access.allows(Action::Push))
+        };
+        let refused = || {
+            ApiError::new(ErrorCode::Denied).message("only a user with write access may do this")
+        };
+        match self.check(headers).await {
+            Checked::User(name, access) if access.allows(Action::Push) => Ok(Identity::User(name)),
+            Checked::User(..) => Err(refused()),
+            Checked::Token(claims) if may_push(&claims.sub) => Ok(Identity::User(claims.sub)),
+            Checked::Token(claims) if claims.sub.is_empty() => {
+                Err(self.unauthorized(headers, None, "an anonymous token cannot do this"))
+            }
+            Checked::Token(_) => Err(refused()),
+            Checked::Invalid(message) => Err(self.unauthorized(headers, None, message)),
+            Checked::Anonymous => Err(self.unauthorized(headers, None, "authentication required")),
+        }
+    }
+
     /// Whether the request could perform `action` on `resource` (no error,
     /// for optional steps such as a mount's source check).
     pub(crate) async fn allows(

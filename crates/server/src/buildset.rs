@@ -4,6 +4,10 @@
 //! random password for one push user, anonymous pull. Once it accepts
 //! connections it describes itself as a [`RegistryInfo`], exactly the
 //! `buildset_registry` dict that zuul-jobs passes around.
+//!
+//! It alone takes speculative-image registrations (`PUT
+//! /speculum/v1/speculative`, the push user only): the lazy pull of the
+//! images of the changes ahead (see the `speculative` module).
 
 use std::fmt;
 use std::io::Write as _;
@@ -19,7 +23,7 @@ use crate::auth::AuthPolicy;
 use crate::limits::ConnectionLimits;
 use crate::serve::Server;
 use crate::tls::{TlsError, generate_certificate, server_config};
-use crate::{AppState, router};
+use crate::{AppState, Speculative, router};
 
 /// How to run a buildset registry.
 #[derive(Debug, Clone)]
@@ -179,7 +183,8 @@ impl BuildsetServer {
         // the registry.
         let auth = AuthPolicy::buildset(options.username.clone(), password.as_bytes())
             .with_tls(!options.insecure_http);
-        let app = router(AppState::new(registry, auth));
+        let state = AppState::new(registry, auth).with_speculative(Speculative::new());
+        let app = router(state);
         let server =
             Server::start_with(listener, app, tls, options.connections).map_err(|source| {
                 StartError::Bind {

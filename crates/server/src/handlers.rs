@@ -10,6 +10,7 @@ mod catalog;
 mod manifests;
 mod ops;
 mod referrers;
+mod speculative;
 mod tags;
 mod token;
 mod uploads;
@@ -27,6 +28,8 @@ use crate::AppState;
 use crate::auth::{Action, Identity, Resource};
 use crate::error::{ApiError, ApiResult};
 use crate::route::{Query, Repo, Route};
+
+pub(crate) use speculative::REGISTRATION_INVALID;
 
 /// The parts of a request that handlers read.
 pub(crate) struct Ctx {
@@ -131,6 +134,16 @@ pub(crate) async fn handle(state: &AppState, request: Request) -> ApiResult<Resp
         "/healthz" if read => return Ok(ops::healthz()),
         "/metrics" if read => return Ok(ops::metrics(state)),
         _ => {}
+    }
+    if uri.path() == speculum_oci::speculative::REGISTRATION_PATH {
+        let ctx = Ctx {
+            method: parts.method,
+            version: parts.version,
+            headers,
+            query: Query::from_uri(&uri)?,
+            state: state.clone(),
+        };
+        return speculative::put(&ctx, body).await;
     }
     let Some(route) = Route::parse(uri.path()) else {
         return Ok(crate::not_found());

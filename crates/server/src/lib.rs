@@ -35,6 +35,7 @@ mod metrics;
 mod notify;
 mod route;
 mod serve;
+mod speculative;
 mod tls;
 pub mod token;
 mod upstream;
@@ -66,6 +67,7 @@ pub use notify::{
     WebhookSettings, WebhooksConfig, signature as webhook_signature,
 };
 pub use serve::Server;
+pub use speculative::Speculative;
 pub use tls::{
     GeneratedCert, TlsError, generate_certificate, server_config, server_config_from_files,
 };
@@ -89,6 +91,7 @@ struct Inner {
     auth: AuthPolicy,
     notifier: Notifier,
     upstreams: Upstreams,
+    speculative: Option<Speculative>,
     metrics: Arc<Metrics>,
     serve_metrics: bool,
     uploads_per_user: usize,
@@ -108,6 +111,7 @@ impl AppState {
                 auth,
                 notifier: Notifier::disabled(),
                 upstreams: Upstreams::none(),
+                speculative: None,
                 metrics: Metrics::new(),
                 serve_metrics: true,
                 uploads_per_user: DEFAULT_UPLOADS_PER_USER,
@@ -171,6 +175,22 @@ impl AppState {
                 ..(*self.inner).clone()
             }),
         }
+    }
+
+    /// The same state, taking speculative-image registrations (the
+    /// buildset profile; see the `speculative` module).
+    pub fn with_speculative(self, speculative: Speculative) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                speculative: Some(speculative),
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// The speculative images, when this registry takes them.
+    pub(crate) fn speculative(&self) -> Option<&Speculative> {
+        self.inner.speculative.as_ref()
     }
 
     /// The pull-through upstreams (none unless configured).

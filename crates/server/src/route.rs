@@ -83,6 +83,7 @@ pub(crate) fn label(path: &str) -> &'static str {
         "/auth/token" => return "token",
         "/healthz" => return "healthz",
         "/metrics" => return "metrics",
+        speculum_oci::speculative::REGISTRATION_PATH => return "speculative",
         _ => {}
     }
     match Route::parse(path) {

@@ -53,36 +53,28 @@
 //! with `repositories`.
 
 mod config;
+pub(crate) mod held;
+pub(crate) mod remote;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use serde_json::json;
 use speculum_client::{Credentials, RawManifest, RegistryOptions};
 use speculum_oci::{Digest, ErrorCode, Reference, RepositoryName, manifest};
-use speculum_storage::{BodyStream, Registry, StoredManifest};
+use speculum_storage::{Registry, StoredManifest};
 
 pub use config::{
     DEFAULT_TAG_TTL, TtlValue, UpstreamConfig, UpstreamConfigError, UpstreamSettings,
     validate_upstreams,
 };
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use held::{Held, Needs};
+use remote::{Failure, MANIFEST_TIMEOUT, RECHECK_TIMEOUT, Remote, Role};
 
-/// The longest a manifest request (GET or HEAD) to an upstream may take.
-const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// The longest a tag re-check may take before the cached tag is served.
-const RECHECK_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest an upstream may take to start answering a blob GET.
-const BLOB_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest a blob download may stall between two chunks.
-const BLOB_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long an upstream that could not be reached is not asked again.
-const DOWN_FOR: Duration = Duration::from_secs(5);
 /// How many blobs of one manifest are downloaded at once.
 const PARALLEL_BLOBS: usize = 3;
 /// How many incomplete indexes one upstream keeps in memory.
@@ -134,6 +126,7 @@ impl Upstreams {
                 // One retry at most: a client is waiting, and a miss is
                 // better answered fast (it falls back) than late.
                 attempts: Some(2),
+                token: None,
             };
             let client =
                 speculum_client::Registry::new(&s.host, opts).map_err(|e| UpstreamError {
@@ -142,10 +135,10 @@ impl Upstreams {
                 })?;
             tracing::info!(namespace = %s.namespace, upstream = %client.base(), tag_ttl = ?s.tag_ttl, "pull-through upstream");
             list.push(Arc::new(Upstream {
+                remote: Remote::new(Role::Upstream, s.namespace.clone(), client),
                 settings: s,
-                client,
-                state: Mutex::default(),
-                flights: Mutex::default(),
+                held: Held::new(Some(MAX_PENDING)),
+                checked: Mutex::default(),
             }));
         }
         Ok(Upstreams {
@@ -213,101 +206,29 @@ impl Upstreams {
     ) -> ApiResult<()> {
         match self.find(repo) {
             None => Ok(()),
-            Some((upstream, remote)) => upstream.ensure_blob(registry, repo, &remote, digest).await,
+            Some((upstream, remote)) => {
+                upstream
+                    .held
+                    .ensure_blob(registry, repo, &upstream.remote, &remote, digest)
+                    .await
+            }
         }
     }
 }
-
-/// A fetched manifest that cannot be stored yet, served from memory.
-struct Pending {
-    media_type: String,
-    bytes: Bytes,
-    needs: Needs,
-    since: Instant,
-}
-
-/// What must be stored before a manifest can be.
-#[derive(Clone)]
-enum Needs {
-    /// An image manifest: its config and layers.
-    Blobs(Vec<Digest>),
-    /// An index: its child manifests.
-    Children(Vec<Digest>),
-}
-
-#[derive(Default)]
-struct State {
-    /// When each `(repo, tag)` was last confirmed upstream.
-    checked: HashMap<(RepositoryName, String), Instant>,
-    /// Manifests waiting for their blobs or children, by `(repo, digest)`.
-    pending: HashMap<(RepositoryName, Digest), Pending>,
-    /// Tags that point at a pending manifest (they win over stored tags).
-    pending_tags: HashMap<(RepositoryName, String), Digest>,
-    /// Set after a connection failure: the upstream is not asked before.
-    down_until: Option<Instant>,
-}
-
-type Flights = HashMap<String, Arc<tokio::sync::Mutex<()>>>;
 
 /// One upstream registry and what is known about it.
 struct Upstream {
     settings: UpstreamSettings,
-    client: speculum_client::Registry,
-    state: Mutex<State>,
-    flights: Mutex<Flights>,
-}
-
-/// Why an upstream request failed.
-enum Failure {
-    /// The upstream does not have it.
-    NotFound,
-    /// Anything else: unreachable, timed out, refused, bad content.
-    Failed(String),
-}
-
-impl Failure {
-    fn from_client(e: speculum_client::Error) -> Failure {
-        match e.status() {
-            Some(404) => Failure::NotFound,
-            _ => Failure::Failed(e.to_string()),
-        }
-    }
-}
-
-/// Held while downloading one thing; the map entry goes when nobody waits.
-struct Flight<'a> {
-    map: &'a Mutex<Flights>,
-    key: String,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for Flight<'_> {
-    fn drop(&mut self) {
-        let mut map = lock(self.map);
-        // Ours plus the map's: nobody else is waiting.
-        if map
-            .get(&self.key)
-            .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
-            && Arc::strong_count(&self.lock) <= 3
-        {
-            map.remove(&self.key);
-        }
-    }
+    remote: Remote,
+    held: Held,
+    /// When each `(repo, tag)` was last confirmed upstream.
+    checked: Mutex<HashMap<(RepositoryName, String), Instant>>,
 }
 
 // The maps behind these locks are changed by single inserts and removes, so
 // a poisoned lock still holds consistent data.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Whether a storage error is "not there" (as opposed to a storage failure).
-fn is_unknown(e: &speculum_storage::Error) -> bool {
-    matches!(
-        e.code(),
-        Some(ErrorCode::ManifestUnknown | ErrorCode::BlobUnknown | ErrorCode::NameUnknown)
-    )
 }
 
 impl Upstream {
@@ -315,142 +236,14 @@ impl Upstream {
         &self.settings.namespace
     }
 
-    /// Wait for (and then hold) the right to download `key`.
-    async fn flight(&self, key: String) -> Flight<'_> {
-        let lock = lock(&self.flights).entry(key.clone()).or_default().clone();
-        let guard = lock.clone().lock_owned().await;
-        Flight {
-            map: &self.flights,
-            key,
-            lock,
-            _guard: guard,
-        }
-    }
-
-    fn is_down(&self) -> bool {
-        lock(&self.state)
-            .down_until
-            .is_some_and(|t| Instant::now() < t)
-    }
-
-    /// Note that the upstream could not be reached (or answered again).
-    fn set_down(&self, down: bool) {
-        let mut state = lock(&self.state);
-        if down {
-            if state.down_until.is_none_or(|t| t <= Instant::now()) {
-                tracing::warn!(namespace = %self.namespace(), upstream = %self.client.base(), down_for = ?DOWN_FOR, "upstream unreachable");
-            }
-            state.down_until = Some(Instant::now() + DOWN_FOR);
-        } else {
-            state.down_until = None;
-        }
-    }
-
-    /// Run one upstream call with a time limit, classifying its failure and
-    /// tracking whether the upstream is reachable.
-    async fn call<T>(
-        &self,
-        limit: Duration,
-        fut: impl Future<Output = speculum_client::Result<T>>,
-    ) -> Result<T, Failure> {
-        if self.is_down() {
-            return Err(Failure::Failed(format!(
-                "{} was unreachable moments ago",
-                self.client.base()
-            )));
-        }
-        match tokio::time::timeout(limit, fut).await {
-            Ok(Ok(v)) => {
-                self.set_down(false);
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                if matches!(e, speculum_client::Error::Transport { .. }) {
-                    self.set_down(true);
-                }
-                Err(Failure::from_client(e))
-            }
-            Err(_) => {
-                self.set_down(true);
-                Err(Failure::Failed(format!(
-                    "{} did not answer within {limit:?}",
-                    self.client.base()
-                )))
-            }
-        }
-    }
-
-    /// The 404 answered when the upstream could not provide something.
-    fn unknown(&self, code: ErrorCode, what: String, failure: &Failure) -> ApiError {
-        let noun = if code == ErrorCode::BlobUnknown {
-            "blob"
-        } else {
-            "manifest"
-        };
-        match failure {
-            Failure::NotFound => ApiError::new(code)
-                .message(format!("{noun} unknown to registry and to its upstream"))
-                .detail(json!({ "reference": what, "upstream": self.namespace() })),
-            Failure::Failed(why) => ApiError::new(code)
-                .message(format!(
-                    "{noun} unknown to registry; upstream {} failed: {why}",
-                    self.namespace()
-                ))
-                .detail(json!({
-                    "reference": what,
-                    "upstream": self.namespace(),
-                    "error": why,
-                })),
-        }
-    }
-
-    /// The manifest if held here: a pending one in memory (a tag fetched
-    /// again is pending before it is stored), else a stored one.
-    async fn local(
-        &self,
-        registry: &Registry,
-        repo: &RepositoryName,
-        reference: &Reference,
-    ) -> ApiResult<Option<StoredManifest>> {
-        let pending = {
-            let state = lock(&self.state);
-            let digest = match reference {
-                Reference::Digest(d) => Some(d.clone()),
-                Reference::Tag(t) => state
-                    .pending_tags
-                    .get(&(repo.clone(), t.to_string()))
-                    .cloned(),
-            };
-            digest.and_then(|digest| {
-                state
-                    .pending
-                    .get(&(repo.clone(), digest.clone()))
-                    .map(|p| StoredManifest {
-                        digest,
-                        media_type: p.media_type.clone(),
-                        bytes: p.bytes.clone(),
-                    })
-            })
-        };
-        if pending.is_some() {
-            return Ok(pending);
-        }
-        match registry.get_manifest(repo, reference).await {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if is_unknown(&e) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     fn is_fresh(&self, key: &(RepositoryName, String)) -> bool {
-        lock(&self.state)
-            .checked
+        lock(&self.checked)
             .get(key)
             .is_some_and(|t| t.elapsed() < self.settings.tag_ttl)
     }
 
     fn mark_checked(&self, key: (RepositoryName, String)) {
-        lock(&self.state).checked.insert(key, Instant::now());
+        lock(&self.checked).insert(key, Instant::now());
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(namespace = %self.namespace(), %repo, %reference))]
@@ -468,12 +261,15 @@ impl Upstream {
         // The common case without waiting for anyone: held, and (for a tag)
         // confirmed upstream within the TTL.
         if tag.as_ref().is_none_or(|key| self.is_fresh(key))
-            && let Some(m) = self.local(registry, repo, reference).await?
+            && let Some(m) = self.held.local(registry, repo, reference).await?
         {
             return Ok(m);
         }
-        let _flight = self.flight(format!("manifest {repo}:{reference}")).await;
-        let cached = self.local(registry, repo, reference).await?;
+        let _flight = self
+            .held
+            .flight(format!("manifest {repo}:{reference}"))
+            .await;
+        let cached = self.held.local(registry, repo, reference).await?;
         let Some(key) = tag else {
             if let Some(m) = cached {
                 return Ok(m);
@@ -488,10 +284,33 @@ impl Upstream {
         if self.is_fresh(&key) {
             return Ok(cached);
         }
-        let head = self
-            .call(RECHECK_TIMEOUT, self.client.head_manifest(remote, &key.1))
+        let served = self
+            .recheck(registry, repo, remote, reference, &key.1, cached)
             .await;
-        let served = match head {
+        self.mark_checked(key);
+        Ok(served)
+    }
+
+    /// Ask the upstream whether a cached tag still points at the same
+    /// digest, fetching the new manifest if it moved; whatever fails, the
+    /// cached one is served.
+    async fn recheck(
+        self: &Arc<Self>,
+        registry: &Registry,
+        repo: &RepositoryName,
+        remote: &RepositoryName,
+        reference: &Reference,
+        tag: &str,
+        cached: StoredManifest,
+    ) -> StoredManifest {
+        let head = self
+            .remote
+            .call(
+                RECHECK_TIMEOUT,
+                self.remote.client().head_manifest(remote, tag),
+            )
+            .await;
+        match head {
             Ok(Some((digest, _))) if digest == cached.digest => {
                 tracing::debug!(%digest, "tag unchanged upstream");
                 cached
@@ -517,9 +336,7 @@ impl Upstream {
                 tracing::warn!(error = %why, digest = %cached.digest, "cannot re-check the tag upstream; serving the cached manifest");
                 cached
             }
-        };
-        self.mark_checked(key);
-        Ok(served)
+        }
     }
 
     /// Fetch a manifest from the upstream and answer it at once: stored if
@@ -534,17 +351,19 @@ impl Upstream {
     ) -> ApiResult<StoredManifest> {
         let what = reference.to_string();
         let raw: RawManifest = self
-            .call(MANIFEST_TIMEOUT, self.client.get_manifest(remote, &what))
+            .remote
+            .call(MANIFEST_TIMEOUT, self.remote.client().get_manifest(remote, &what))
             .await
             .map_err(|f| {
                 if let Failure::Failed(why) = &f {
                     tracing::warn!(%remote, reference = %what, error = %why, "upstream manifest fetch failed");
                 }
-                self.unknown(ErrorCode::ManifestUnknown, what.clone(), &f)
+                self.remote
+                    .unknown(ErrorCode::ManifestUnknown, what.clone(), &f)
             })?;
         let bad = |why: String| {
             tracing::warn!(%remote, reference = %what, error = %why, "upstream sent an unusable manifest");
-            self.unknown(
+            self.remote.unknown(
                 ErrorCode::ManifestUnknown,
                 what.clone(),
                 &Failure::Failed(why),
@@ -558,251 +377,49 @@ impl Upstream {
             media_type: info.media_type.clone(),
             bytes: raw.bytes.clone(),
         };
-        let needs = if info.manifests.is_empty() {
-            Needs::Blobs(info.required_blobs().map(|d| d.digest.clone()).collect())
-        } else {
-            Needs::Children(info.manifests.iter().map(|c| c.digest.clone()).collect())
-        };
-
-        if self.is_complete(registry, repo, &needs).await? {
-            match registry
-                .put_manifest(repo, reference, Some(&info.media_type), raw.bytes)
-                .await
-            {
-                Ok(_) => {}
-                Err(e @ speculum_storage::Error::Client { .. }) => return Err(bad(e.to_string())),
-                Err(e) => return Err(e.into()),
-            }
-            if let Reference::Tag(t) = reference {
-                lock(&self.state)
-                    .pending_tags
-                    .remove(&(repo.clone(), t.to_string()));
-            }
-            self.commit_pending(registry, repo).await?;
-            return Ok(served);
-        }
-
-        self.hold(repo, reference, &served, needs.clone());
-        if let Needs::Blobs(blobs) = needs {
-            let this = Arc::clone(self);
-            let (registry, repo, remote) = (registry.clone(), repo.clone(), remote.clone());
-            let digest = served.digest.clone();
-            tokio::spawn(async move {
-                let fetched = futures_util::stream::iter(blobs)
-                    .map(|blob| {
-                        let (this, registry, repo, remote) = (&this, &registry, &repo, &remote);
-                        async move { this.ensure_blob(registry, repo, remote, &blob).await }
-                    })
-                    .buffer_unordered(PARALLEL_BLOBS)
-                    .try_collect::<Vec<()>>()
-                    .await;
-                // Each download stores what it completes (see ensure_blob);
-                // a failure leaves the rest to the client's own requests.
-                if let Err(e) = fetched {
-                    tracing::warn!(%repo, %digest, error = %e, "background blob download failed; blobs are fetched again on request");
-                }
-            });
+        let needs = Needs::of(&info);
+        let held = self
+            .held
+            .store_or_hold(registry, repo, reference, &served, needs.clone(), bad)
+            .await?;
+        if held && let Needs::Blobs(blobs) = needs {
+            self.prefetch(registry, repo, remote, &served.digest, blobs);
         }
         Ok(served)
     }
 
-    /// Whether everything `needs` names is stored in `repo`.
-    async fn is_complete(
-        &self,
-        registry: &Registry,
-        repo: &RepositoryName,
-        needs: &Needs,
-    ) -> ApiResult<bool> {
-        match needs {
-            Needs::Blobs(blobs) => {
-                for blob in blobs {
-                    match registry.stat_blob(repo, blob).await {
-                        Ok(_) => {}
-                        Err(e) if is_unknown(&e) => return Ok(false),
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            Needs::Children(children) => {
-                for child in children {
-                    let child = Reference::Digest(child.clone());
-                    if registry.resolve(repo, &child).await?.is_none() {
-                        return Ok(false);
-                    }
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    /// Keep a manifest in memory until what it needs is stored.
-    fn hold(
-        &self,
-        repo: &RepositoryName,
-        reference: &Reference,
-        manifest: &StoredManifest,
-        needs: Needs,
-    ) {
-        let mut state = lock(&self.state);
-        if state.pending.len() >= MAX_PENDING
-            && let Some(oldest) = state
-                .pending
-                .iter()
-                .min_by_key(|(_, p)| p.since)
-                .map(|(k, _)| k.clone())
-        {
-            state.pending.remove(&oldest);
-            state
-                .pending_tags
-                .retain(|(r, _), d| !(*r == oldest.0 && *d == oldest.1));
-        }
-        state.pending.insert(
-            (repo.clone(), manifest.digest.clone()),
-            Pending {
-                media_type: manifest.media_type.clone(),
-                bytes: manifest.bytes.clone(),
-                needs,
-                since: Instant::now(),
-            },
-        );
-        if let Reference::Tag(t) = reference {
-            state
-                .pending_tags
-                .insert((repo.clone(), t.to_string()), manifest.digest.clone());
-        }
-    }
-
-    /// Store every pending manifest of `repo` whose blobs or children are
-    /// now all stored (image manifests first, so the indexes they complete
-    /// follow in the same pass), under the tags that point at it.
-    async fn commit_pending(&self, registry: &Registry, repo: &RepositoryName) -> ApiResult<()> {
-        let mut candidates: Vec<(Digest, Needs)> = lock(&self.state)
-            .pending
-            .iter()
-            .filter(|((r, _), _)| r == repo)
-            .map(|((_, d), p)| (d.clone(), p.needs.clone()))
-            .collect();
-        candidates.sort_by_key(|(_, needs)| matches!(needs, Needs::Children(_)));
-        for (digest, needs) in candidates {
-            if !self.is_complete(registry, repo, &needs).await? {
-                continue;
-            }
-            let (pending, tags) = {
-                let mut state = lock(&self.state);
-                let Some(p) = state.pending.remove(&(repo.clone(), digest.clone())) else {
-                    // Another request stored it meanwhile.
-                    continue;
-                };
-                let tags: Vec<String> = state
-                    .pending_tags
-                    .iter()
-                    .filter(|((r, _), d)| r == repo && **d == digest)
-                    .map(|((_, t), _)| t.clone())
-                    .collect();
-                for t in &tags {
-                    state.pending_tags.remove(&(repo.clone(), t.clone()));
-                }
-                (p, tags)
-            };
-            let mut references: Vec<Reference> = tags
-                .iter()
-                .filter_map(|t| t.parse().ok().map(Reference::Tag))
-                .collect();
-            if references.is_empty() {
-                references.push(Reference::Digest(digest.clone()));
-            }
-            for reference in references {
-                if let Err(e) = registry
-                    .put_manifest(
-                        repo,
-                        &reference,
-                        Some(&pending.media_type),
-                        pending.bytes.clone(),
-                    )
-                    .await
-                {
-                    // Fetched from the upstream again next time.
-                    tracing::warn!(%repo, %reference, error = %e, "cannot store a proxied manifest");
-                }
-            }
-            tracing::debug!(%repo, %digest, "proxied manifest stored");
-        }
-        Ok(())
-    }
-
-    /// Download a blob into `repo` unless it is there already.
-    #[tracing::instrument(level = "debug", skip_all, fields(namespace = %self.namespace(), %repo, %digest))]
-    async fn ensure_blob(
-        &self,
+    /// Download a held image manifest's blobs in the background, three at a
+    /// time; the client's own blob requests join those downloads, and the
+    /// last one stores the manifest.
+    fn prefetch(
+        self: &Arc<Self>,
         registry: &Registry,
         repo: &RepositoryName,
         remote: &RepositoryName,
         digest: &Digest,
-    ) -> ApiResult<()> {
-        let present = |r: Result<u64, speculum_storage::Error>| match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_unknown(&e) => Ok(false),
-            Err(e) => Err(ApiError::from(e)),
-        };
-        if present(registry.stat_blob(repo, digest).await)? {
-            return Ok(());
-        }
-        let _flight = self.flight(format!("blob {repo}@{digest}")).await;
-        if present(registry.stat_blob(repo, digest).await)? {
-            return Ok(());
-        }
-        let what = digest.to_string();
-        let stream = self
-            .call(BLOB_START_TIMEOUT, self.client.get_blob(remote, digest))
-            .await
-            .map_err(|f| {
-                if let Failure::Failed(why) = &f {
-                    tracing::warn!(%remote, error = %why, "upstream blob fetch failed");
-                }
-                self.unknown(ErrorCode::BlobUnknown, what.clone(), &f)
-            })?;
-        let started = Instant::now();
-        match registry
-            .put_blob(repo, digest, idle_timeout(stream, BLOB_IDLE_TIMEOUT))
-            .await
-        {
-            Ok(size) => {
-                tracing::info!(%remote, size, elapsed = ?started.elapsed(), "fetched blob from upstream");
-                // A manifest waiting for this blob may be complete now.
-                self.commit_pending(registry, repo).await
+        blobs: Vec<Digest>,
+    ) {
+        let this = Arc::clone(self);
+        let (registry, repo, remote) = (registry.clone(), repo.clone(), remote.clone());
+        let digest = digest.clone();
+        tokio::spawn(async move {
+            let fetched = futures_util::stream::iter(blobs)
+                .map(|blob| {
+                    let (this, registry, repo, remote) = (&this, &registry, &repo, &remote);
+                    async move {
+                        this.held
+                            .ensure_blob(registry, repo, &this.remote, remote, &blob)
+                            .await
+                    }
+                })
+                .buffer_unordered(PARALLEL_BLOBS)
+                .try_collect::<Vec<()>>()
+                .await;
+            // Each download stores what it completes (see ensure_blob);
+            // a failure leaves the rest to the client's own requests.
+            if let Err(e) = fetched {
+                tracing::warn!(%repo, %digest, error = %e, "background blob download failed; blobs are fetched again on request");
             }
-            // A broken stream or content that does not match its digest.
-            Err(e @ speculum_storage::Error::Client { .. }) => {
-                tracing::warn!(%remote, error = %e, "upstream blob download failed");
-                Err(self.unknown(
-                    ErrorCode::BlobUnknown,
-                    what,
-                    &Failure::Failed(e.to_string()),
-                ))
-            }
-            Err(e) => Err(e.into()),
-        }
+        });
     }
-}
-
-/// The upstream's blob stream as a storage body, failing if it stalls.
-fn idle_timeout(stream: speculum_client::ByteStream, idle: Duration) -> BodyStream {
-    Box::pin(futures_util::stream::unfold(
-        Some(stream),
-        move |stream| async move {
-            let mut stream = stream?;
-            match tokio::time::timeout(idle, stream.next()).await {
-                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
-                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
-                Ok(None) => None,
-                Err(_) => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("upstream sent nothing for {idle:?}"),
-                    )),
-                    None,
-                )),
-            }
-        },
-    ))
 }

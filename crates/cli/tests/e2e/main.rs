@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod common;
 mod copy;
+mod lazy;
 mod mock;
 mod tags;
 mod zuul;

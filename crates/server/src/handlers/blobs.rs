@@ -3,13 +3,14 @@
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use speculum_oci::ErrorCode;
+use speculum_oci::{Digest, ErrorCode};
 use speculum_storage::ByteRange;
 
 use super::{Ctx, DOCKER_CONTENT_DIGEST, hv, parse_digest};
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
+use crate::speculative::StreamedBlob;
 
 /// A `Range` request header resolved against a blob's size.
 enum Wanted {
@@ -70,13 +71,24 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Respo
     ctx.authorize(repo, Action::Pull).await?;
     let digest = parse_digest(digest)?;
     let registry = ctx.state.registry();
+    let is_head = ctx.method == axum::http::Method::HEAD;
+    if let Some(speculative) = ctx.state.speculative() {
+        // Only a whole GET is passed through as it downloads; the others
+        // wait for it and are answered from storage.
+        let whole = !is_head && ctx.header(header::RANGE).is_none();
+        if let Some(streamed) = speculative
+            .blob(registry, &repo.stored, &digest, whole)
+            .await?
+        {
+            return streamed_response(streamed, &digest);
+        }
+    }
     ctx.state
         .upstreams()
         .ensure_blob(registry, &repo.stored, &digest)
         .await?;
     let size = registry.stat_blob(&repo.stored, &digest).await?;
     let digest_value = hv(digest.to_string())?;
-    let is_head = ctx.method == axum::http::Method::HEAD;
     let range = match ctx.header(header::RANGE) {
         Some(v) if !is_head => wanted(v, size),
         _ => Wanted::Whole,
@@ -122,6 +134,19 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Respo
     );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(DOCKER_CONTENT_DIGEST, digest_value);
+    Ok(response)
+}
+
+/// A blob answered while it is fetched from the intermediate registry.
+fn streamed_response(streamed: StreamedBlob, digest: &Digest) -> ApiResult<Response> {
+    let mut response = Body::from_stream(streamed.body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(streamed.size));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(DOCKER_CONTENT_DIGEST, hv(digest.to_string())?);
     Ok(response)
 }
 

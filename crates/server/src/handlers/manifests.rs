@@ -70,6 +70,15 @@ pub(crate) async fn put(
         .ok_or_else(too_large)?;
     let size = bytes.len() as u64;
     let content_type = ctx.header(header::CONTENT_TYPE);
+    // A push of a speculative tag replaces its registration.
+    let mut changed: Vec<&str> = tags.iter().map(Tag::as_str).collect();
+    if let Reference::Tag(t) = &reference {
+        changed.push(t.as_str());
+    }
+    let _change = match ctx.state.speculative() {
+        Some(s) => s.change_tags(&repo.stored, &changed).await,
+        None => None,
+    };
     let pushed = ctx
         .state
         .registry()
@@ -127,11 +136,19 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Re
         }
         Err(e) => return Err(e.into()),
     };
-    let manifest = ctx
+    let registered = ctx
         .state
-        .upstreams()
-        .manifest(ctx.state.registry(), &repo.stored, &reference)
-        .await?;
+        .speculative()
+        .and_then(|s| s.manifest(&repo.stored, &reference));
+    let manifest = match registered {
+        Some(m) => m,
+        None => {
+            ctx.state
+                .upstreams()
+                .manifest(ctx.state.registry(), &repo.stored, &reference)
+                .await?
+        }
+    };
     let length = manifest.bytes.len();
     let content_type = hv(&manifest.media_type)
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
@@ -148,10 +165,21 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Re
 pub(crate) async fn delete(ctx: &Ctx, repo: &Repo, reference: &str) -> ApiResult<Response> {
     let identity = ctx.authorize(repo, Action::Delete).await?;
     let reference = parse_reference(reference)?;
-    ctx.state
+    let change = match (&reference, ctx.state.speculative()) {
+        (Reference::Tag(t), Some(s)) => s.change_tags(&repo.stored, &[t.as_str()]).await,
+        _ => None,
+    };
+    let deleted = ctx
+        .state
         .registry()
         .delete_manifest(&repo.stored, &reference)
-        .await?;
+        .await;
+    // A registered tag not stored yet is deleted by forgetting it.
+    let forgotten = change.as_ref().is_some_and(|c| c.forgotten);
+    match deleted {
+        Err(e) if !(forgotten && crate::upstream::held::is_unknown(&e)) => return Err(e.into()),
+        _ => {}
+    }
     tracing::info!(repo = %repo.stored, reference = %reference, "manifest deleted");
     let (tag, digest) = match &reference {
         Reference::Tag(tag) => (Some(tag.as_str()), None),
