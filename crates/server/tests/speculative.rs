@@ -413,14 +413,16 @@ async fn a_push_or_delete_replaces_a_registration_and_so_does_a_later_one() {
 }
 
 async fn br_blob_from(ir: &Ir, digest: &Digest) -> Vec<u8> {
-    use tokio::io::AsyncReadExt as _;
+    use futures_util::StreamExt as _;
     let mut body = ir
         .registry
         .read_blob(&name("elsewhere/x"), digest, None)
         .await
         .unwrap();
     let mut out = Vec::new();
-    body.reader.read_to_end(&mut out).await.unwrap();
+    while let Some(chunk) = body.reader.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
     out
 }
 
