@@ -87,6 +87,7 @@ docs:
 ## from a fresh clone on 2 cores). Not part of `make test`. BENCH_ARGS passes options,
 ## e.g. BENCH_ARGS='--only 1,4 --runs 1' (a partial run writes into bench/out instead)
 BENCH_ARGS ?=
+bench: export SPECULUM_BENCH_STARTED := $(shell date +%s)
 bench:
 	scripts/install-bench-deps.sh
 	$(CARGO) build --release --bins

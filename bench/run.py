@@ -109,6 +109,10 @@ def measure(args: argparse.Namespace) -> Results:
         results.meta.update(commands=record.COMMANDS, configs=record.CONFIGS)
         results.save(args.out / 'results.json')
     results.meta['seconds']['all'] = round(time.perf_counter() - t_all, 1)
+    results.meta['machine']['load average at end'] = machine.load_average()
+    started = os.environ.get('SPECULUM_BENCH_STARTED', '')
+    if started.isdigit():
+        results.meta['seconds']['make bench'] = round(time.time() - int(started), 1)
     results.save(args.out / 'results.json')
     shutil.rmtree(work, ignore_errors=True)
     return results

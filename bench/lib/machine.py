@@ -36,8 +36,12 @@ def describe() -> dict[str, str]:
         'kernel': Path('/proc/sys/kernel/osrelease').read_text().strip(),
         'os': _os_release(),
         'python': platform.python_version(),
-        'load average at start': ' '.join(Path('/proc/loadavg').read_text().split()[:3]),
+        'load average at start': load_average(),
     }
+
+
+def load_average() -> str:
+    return ' '.join(Path('/proc/loadavg').read_text().split()[:3])
 
 
 def _os_release() -> str:

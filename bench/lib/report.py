@@ -105,7 +105,9 @@ def header(r: Results) -> list[str]:
              '(the 1 GB image in section 2, section 3); registries interleaved within each run; '
              'the tables show the median and, in brackets, the lowest and highest run.',
              f'Measuring took {secs.get("all", 0) / 60:.1f} min (' + ', '.join(
-                 f'section {k}: {v:.0f} s' for k, v in secs.items() if k != 'all') + ').', '',
+                 f'section {k}: {v:.0f} s' for k, v in secs.items() if k not in ('all', 'make bench'))
+             + ')' + (f'; the whole `make bench`, with the install and the release build, '
+                      f'{secs["make bench"] / 60:.1f} min.' if 'make bench' in secs else '.'), '',
              '![speculum against distribution and zuul-registry](benchmarks.png)', '',
              'Ratios are speculum\'s median divided by the other\'s: below 1 is better for times, '
              'CPU, latency, memory and bytes; above 1 for throughput and requests/s. The chart '
