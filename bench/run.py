@@ -56,11 +56,15 @@ def parse_args() -> argparse.Namespace:
     unknown = [s for s in args.only if s not in SECTIONS]
     if unknown or not 1 <= args.runs <= 10 or not 1 <= args.long_runs <= 10:
         p.error(f'unknown section {unknown}' if unknown else '--runs and --long-runs must be 1..10')
-    if args.doc is None:
-        full = set(args.only) == set(SECTIONS)
-        args.doc = REPO / 'doc' if full else args.out
     args.out = args.out.resolve()
     return args
+
+
+def doc_dir(args: argparse.Namespace, results: Results) -> Path:
+    """--doc, else doc/ when every section ran, else OUT."""
+    if args.doc is not None:
+        return args.doc
+    return REPO / 'doc' if set(results.meta.get('only', [])) == set(SECTIONS) else args.out
 
 
 def default_bin_dir() -> Path:
@@ -131,7 +135,7 @@ def main() -> None:
             results = measure(args)
         finally:
             proc.stop_all()
-    written = report.write(results, args.doc)
+    written = report.write(results, doc_dir(args, results))
     print(f'bench: wrote {", ".join(str(p) for p in written)}')
 
 
