@@ -16,7 +16,8 @@ from .proc import BenchError, run
 from .registries import Registry
 
 TIMEOUT = 300
-WRITE = '\n%{http_code} %{time_total} %{size_upload} %{size_download} %{http_version}'
+# After the response headers (-D -), which end with an empty line.
+WRITE = '%{http_code} %{time_total} %{size_upload} %{size_download} %{http_version}'
 
 
 @dataclass

@@ -136,7 +136,8 @@ def commands(r: Results) -> list[str]:
     lines += r.meta.get('commands', {}).values()
     lines += ['```', '']
     for name, text in r.meta.get('configs', {}).items():
-        lines += [f'{name}:', '', '```yaml', text.rstrip(), '```', '']
+        lang = 'json' if name.endswith('(json)') else 'yaml'
+        lines += [f'{name.removesuffix(" (json)")}:', '', f'```{lang}', text.rstrip(), '```', '']
     return lines
 
 

@@ -1,10 +1,10 @@
 """Section 2: client level, `skopeo copy` push and pull over TLS.
 
 For each image, run and registry (interleaved; zuul-registry only with the
-3-layer image): a fresh registry on empty
-storage (so every blob uploads), a push from the OCI layout, then a pull into
-an empty OCI layout whose manifest digest must equal the source's. The
-server's CPU seconds are read around the push and the pull.
+3-layer image): a fresh registry on empty storage (so every blob uploads), a
+push from the OCI layout, then a pull into an empty OCI layout whose
+manifest digest must equal the source's. The server's CPU seconds are read
+around the push and the pull.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Section 6: start until ready. Each registry is started on a free port
 chosen beforehand and empty storage, and probed from the moment its process
 is spawned: a TCP connect, a TLS handshake (no verification) and `GET /v2/`
-every 2 ms, until any HTTP status comes back. STARTS starts per registry,
-interleaved; the median is reported.
+every 2 ms, until any HTTP status comes back. 5 starts per registry (more
+with --runs above 5), interleaved; the median is reported.
 """
 
 from __future__ import annotations

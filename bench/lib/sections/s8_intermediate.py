@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 
-from .. import images, registries, skopeo
+from .. import images, record, registries, skopeo
 from ..context import Bench
 from ..proc import BenchError, run as run_cmd
 from ..registries import Registry
@@ -63,10 +63,13 @@ def measure(bench: Bench, ir: Registry, image: images.Image, n: int, method: str
     t0 = time.perf_counter()
     br = registries.start_speculum(bench.env)
     try:
+        doc = {'buildset_registry': info(br), 'intermediate_registry': info(ir),
+               'artifacts': artifacts(ir, n)}
         vars_file = bench.env.work / 'vars.json'
-        vars_file.write_text(json.dumps({'buildset_registry': info(br),
-                                         'intermediate_registry': info(ir),
-                                         'artifacts': artifacts(ir, n)}))
+        vars_file.write_text(json.dumps(doc))
+        shown = {k: {**v, 'password': '$PASSWORD', 'cert': '$CERT_PEM'} if 'cert' in v else v
+                 for k, v in doc.items()}
+        record.config('pull-intermediate --vars (json)', json.dumps(shown, indent=1))
         t1 = time.perf_counter()
         run_cmd([bench.speculum, 'zuul', 'pull-intermediate', '--vars', vars_file,
                  *(['--method', method] if method else [])], TIMEOUT)
