@@ -81,9 +81,17 @@ docs:
 	plantuml -tpng -o "$(CURDIR)/doc/source/_generated" doc/source/image-flow.puml
 	$(VENV)/bin/sphinx-build -W -q -b html doc/source doc/build/html
 
-## bench: push/pull timings against peer registries (release build; writes bench/out)
+## bench: the benchmark suite of issue 10 against distribution and zuul-registry: installs
+## what it needs (scripts/install-bench-deps.sh, idempotent), builds the release binaries,
+## runs bench/run.py and writes doc/benchmarks.md and doc/benchmarks.png (under 15 minutes
+## from a fresh clone on 2 cores). Not part of `make test`. BENCH_ARGS passes options,
+## e.g. BENCH_ARGS='--only 1,4 --runs 1' (a partial run writes into bench/out instead)
+BENCH_ARGS ?=
+bench: export SPECULUM_BENCH_STARTED := $(shell date +%s)
 bench:
-	bench/registry.sh
+	scripts/install-bench-deps.sh
+	$(CARGO) build --release --bins
+	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
 ## deps: install the Debian packages and the venv the tests need
 deps:
