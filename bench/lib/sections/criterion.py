@@ -28,8 +28,11 @@ def crates_with_benches(repo: Path) -> list[str]:
 
 
 def run_criterion(bench: Bench, package: str) -> list[str]:
-    """`cargo bench -p PACKAGE -- --quick`: the lines naming a time."""
-    done = run_cmd(['cargo', 'bench', '-j', '2', '-p', package, '--', '--quick'], TIMEOUT,
+    """`cargo bench -p PACKAGE --benches -- --quick`: the lines naming a time
+    (and a throughput). `--benches` leaves out the unit tests, whose libtest
+    harness does not know `--quick`."""
+    done = run_cmd(['cargo', 'bench', '-j', '2', '-p', package, '--benches', '--', '--quick'],
+                   TIMEOUT,
                    env=dict(os.environ), cwd=bench.repo, check=False)
     if done.returncode != 0:
         raise BenchError(f'cargo bench -p {package}: exit {done.returncode}: {done.stderr[-500:]}')
@@ -39,6 +42,8 @@ def run_criterion(bench: Bench, package: str) -> list[str]:
         if 'time:' in line:
             name = line.split('time:')[0].strip() or (lines[i - 1].strip() if i else '')
             keep.append(f'{package}: {name} time: {line.split("time:", 1)[1].strip()}')
+        elif 'thrpt:' in line and keep:
+            keep[-1] += f' thrpt: {line.split("thrpt:", 1)[1].strip()}'
     return keep
 
 
