@@ -28,10 +28,10 @@ def crates_with_benches(repo: Path) -> list[str]:
 
 
 def run_criterion(bench: Bench, package: str) -> list[str]:
-    """`cargo bench -p PACKAGE --benches -- --quick`: the lines naming a time
-    (and a throughput). `--benches` leaves out the unit tests, whose libtest
+    """`cargo bench -p PACKAGE --bench '*' -- --quick`: the lines naming a time
+    (and a throughput). `--bench '*'` picks the bench targets only: the unit tests' libtest
     harness does not know `--quick`."""
-    done = run_cmd(['cargo', 'bench', '-j', '2', '-p', package, '--benches', '--', '--quick'],
+    done = run_cmd(['cargo', 'bench', '-j', '2', '-p', package, '--bench', '*', '--', '--quick'],
                    TIMEOUT,
                    env=dict(os.environ), cwd=bench.repo, check=False)
     if done.returncode != 0:
@@ -39,6 +39,8 @@ def run_criterion(bench: Bench, package: str) -> list[str]:
     lines = done.stdout.splitlines()
     keep = []
     for i, line in enumerate(lines):
+        if '%' in line:
+            continue  # the change since criterion's last run, not a figure
         if 'time:' in line:
             name = line.split('time:')[0].strip() or (lines[i - 1].strip() if i else '')
             keep.append(f'{package}: {name} time: {line.split("time:", 1)[1].strip()}')
