@@ -9,6 +9,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
 
 PACKAGES=(
     wrk                 # small-request load
@@ -21,25 +23,7 @@ PACKAGES=(
     python3-venv        # the zuul-registry venv below
 )
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
-        missing+=("$pkg")
-    fi
-done
-
-if ((${#missing[@]})); then
-    echo "install-bench-deps: installing ${missing[*]}"
-    sudo=()
-    if [[ $(id -u) -ne 0 ]]; then
-        sudo=(sudo)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 600 "${sudo[@]}" apt-get update -q
-    timeout 900 "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-else
-    echo "install-bench-deps: Debian packages present"
-fi
+install_missing install-bench-deps "${PACKAGES[@]}"
 
 VENV=bench/out/zuul-registry-venv
 ZUUL_REGISTRY=zuul-registry==1.3.0

@@ -9,6 +9,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
 
 PACKAGES=(
     skopeo podman buildah          # real clients
@@ -24,25 +26,7 @@ PACKAGES=(
     plantuml                       # make docs: the sequence diagram
 )
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
-        missing+=("$pkg")
-    fi
-done
-
-if ((${#missing[@]})); then
-    echo "install-test-deps: installing ${missing[*]}"
-    sudo=()
-    if [[ $(id -u) -ne 0 ]]; then
-        sudo=(sudo)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -q
-    "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-else
-    echo "install-test-deps: Debian packages present"
-fi
+install_missing install-test-deps "${PACKAGES[@]}"
 
 VENV=.venv
 REQUIREMENTS=requirements-test.txt

@@ -135,25 +135,20 @@ pub(crate) async fn handle(state: &AppState, request: Request) -> ApiResult<Resp
         "/metrics" if read => return Ok(ops::metrics(state)),
         _ => {}
     }
-    if uri.path() == speculum_oci::speculative::REGISTRATION_PATH {
-        let ctx = Ctx {
-            method: parts.method,
-            version: parts.version,
-            headers,
-            query: Query::from_uri(&uri)?,
-            state: state.clone(),
-        };
-        return speculative::put(&ctx, body).await;
-    }
-    let Some(route) = Route::parse(uri.path()) else {
+    let registration = uri.path() == speculum_oci::speculative::REGISTRATION_PATH;
+    let route = Route::parse(uri.path());
+    if route.is_none() && !registration {
         return Ok(crate::not_found());
-    };
+    }
     let ctx = Ctx {
         method: parts.method,
         version: parts.version,
         headers,
         query: Query::from_uri(&uri)?,
         state: state.clone(),
+    };
+    let Some(route) = route else {
+        return speculative::put(&ctx, body).await;
     };
     match route {
         Route::Base if read => base::get(&ctx).await,
