@@ -53,6 +53,7 @@ macro_rules! conformance_tests {
             upload_cancel_leaves_nothing,
             upload_sha512,
             upload_survives_restart,
+            upload_across_processes,
             upload_body_error,
             blob_mount_and_delete,
             concurrent_same_blob,
@@ -634,6 +635,41 @@ pub async fn upload_survives_restart(registry: &Registry) {
     );
     let b = registry.read_blob(&r, &d, None).await.unwrap();
     assert_eq!(read_all(b).await, b"before restart, after");
+}
+
+/// Requests of one upload through two processes over one store (a load
+/// balancer in front of several registries): each appends where the other
+/// stopped, and the first one's digest state, which missed the other's
+/// bytes, is not trusted at finish.
+pub async fn upload_across_processes(registry: &Registry) {
+    let r = repo("conf/two-processes");
+    let other = Registry::with_backend(registry.backend().clone());
+    let id = registry.start_upload(&r).await.unwrap();
+    registry
+        .append_upload(&r, &id, Some(0), body("one "))
+        .await
+        .unwrap();
+    assert_eq!(
+        other
+            .append_upload(&r, &id, Some(4), body("two "))
+            .await
+            .unwrap(),
+        8
+    );
+    registry
+        .append_upload(&r, &id, Some(8), body("three "))
+        .await
+        .unwrap();
+    let d = Digest::sha256(b"one two three four");
+    assert_eq!(
+        registry
+            .finish_upload(&r, &id, &d, Some(body("four")))
+            .await
+            .unwrap(),
+        18
+    );
+    let b = other.read_blob(&r, &d, None).await.unwrap();
+    assert_eq!(read_all(b).await, b"one two three four");
 }
 
 /// A body that fails half-way keeps what was received, and the upload can go

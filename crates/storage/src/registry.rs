@@ -46,6 +46,10 @@ pub use retention::{PatternError, RetentionPolicy, RetentionRule};
 #[derive(Default)]
 struct Session {
     digester: Option<(Algorithm, Digester)>,
+    /// Bytes the digester has seen. When the stored session has more,
+    /// another process appended to it (a shared object store behind a load
+    /// balancer), and the digester is dropped for a rehash at finish.
+    hashed: u64,
 }
 
 type SessionRef = Arc<tokio::sync::Mutex<Session>>;
@@ -459,6 +463,7 @@ impl Registry {
         self.backend_ref().create_upload(id, repo).await?;
         let session = Session {
             digester: Some((Algorithm::Sha256, Algorithm::Sha256.digester())),
+            hashed: 0,
         };
         lock(&self.inner.sessions).insert(id.clone(), Arc::new(tokio::sync::Mutex::new(session)));
         Ok(())
@@ -586,6 +591,9 @@ impl Registry {
         mut size: u64,
         mut body: BodyStream,
     ) -> Result<u64> {
+        if session.hashed != size {
+            session.digester = None;
+        }
         let mut writer: Box<dyn UploadWriter> = self.backend_ref().upload_writer(id).await?;
         let mut result = Ok(());
         while let Some(chunk) = body.next().await {
@@ -609,6 +617,7 @@ impl Registry {
         if result.is_err() || closed.is_err() {
             session.digester = None;
         }
+        session.hashed = size;
         result?;
         closed?;
         Ok(size)
@@ -654,11 +663,14 @@ impl Registry {
         digest: &Digest,
         body: Option<BodyStream>,
     ) -> Result<u64> {
-        if let Some(body) = body {
-            self.append_locked(id, guard, size, body).await?;
-        }
+        let size = match body {
+            Some(body) => self.append_locked(id, guard, size, body).await?,
+            None => size,
+        };
+        // A digester that missed bytes another process appended is stale.
+        let current = guard.hashed == size;
         let actual = match guard.digester.take() {
-            Some((alg, d)) if alg == digest.algorithm() => d.finish(),
+            Some((alg, d)) if current && alg == digest.algorithm() => d.finish(),
             _ => self.rehash(id, digest.algorithm()).await?,
         };
         if actual != *digest {
