@@ -166,23 +166,25 @@ fail() {
     exit 1
 }
 
-# stop_pids: TERM every process in DIR/pids that is still ours, KILL after the grace time.
+# stop_pids: stops every process in DIR/pids that is still ours, the last started first
+# (a Ceph OSD stops at once while its monitor still answers, and waits for it otherwise),
+# each with TERM; whatever is left after STOP_GRACE_SECONDS in all gets KILL.
 stop_pids() {
     [[ -f $DIR/pids ]] || return 0
-    local pid name _ live=() deadline
-    while read -r pid name _; do
-        if alive "$pid"; then
-            kill -TERM "$pid" 2>/dev/null || true
-            live+=("$pid")
-        fi
-    done <"$DIR/pids"
+    local pid deadline
+    local -a pids
+    mapfile -t pids < <(tac "$DIR/pids" | cut -d' ' -f1)
     deadline=$((SECONDS + STOP_GRACE_SECONDS))
-    for pid in "${live[@]}"; do
+    for pid in "${pids[@]}"; do
+        alive "$pid" || continue
+        kill -TERM "$pid" 2>/dev/null || true
         while alive "$pid" && ((SECONDS < deadline)); do
             sleep 0.1
         done
+    done
+    for pid in "${pids[@]}"; do
         if alive "$pid"; then
-            note "pid $pid ignored TERM for ${STOP_GRACE_SECONDS} s: KILL"
+            note "pid $pid still there ${STOP_GRACE_SECONDS} s after TERM: KILL"
             kill -KILL "$pid" 2>/dev/null || true
         fi
     done
