@@ -58,6 +58,12 @@ spawn() {
     echo "$SPAWNED $name $(starttime "$SPAWNED")" >>"$DIR/pids"
 }
 
+# forget PID: drops PID (which has exited) from DIR/pids, so that waits no longer watch it.
+forget() {
+    awk -v p="$1" '$1 != p' "$DIR/pids" >"$DIR/pids.tmp"
+    mv "$DIR/pids.tmp" "$DIR/pids"
+}
+
 # alive PID: whether PID is still the process we started (same start time, not a zombie).
 alive() {
     local pid=$1 want

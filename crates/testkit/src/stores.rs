@@ -3,9 +3,9 @@
 //! strict S3 behaviour). A mock does not count as a store, and a store that cannot start
 //! fails the test with the tail of its logs.
 //!
-//! Starting a store takes seconds (Swift about 5 s, Ceph about 13 s on idle cores), so each
-//! is started once per test process, on first use, and shared; tests isolate by bucket
-//! ([`S3Store::fresh_bucket`]). Statics never drop, so the script is started with
+//! Starting a store takes seconds (Swift 5 s, Ceph 13 s on 2 idle cores; 11-19 s and 19-21 s
+//! on 2 busy ones), so each is started once per test process, on first use, and shared;
+//! tests isolate by bucket ([`S3Store::fresh_bucket`]). Statics never drop, so the script is started with
 //! `--parent <this process> --purge`: a watcher it leaves behind stops the store and removes
 //! its directory when the test process exits, however it exits.
 
