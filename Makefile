@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 ANSIBLE_PATHS := $(wildcard roles playbooks doc/examples/site-config/playbooks)
 YAML_PATHS := $(wildcard roles playbooks zuul.d tests/ansible doc/examples/site-config)
 
-.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible fmt bench deps docs fuzz soak
+.PHONY: all build test test-rust test-ansible lint lint-rust lint-ansible lint-shell fmt bench deps docs fuzz soak
 
 all: build
 
@@ -54,12 +54,15 @@ SOAK_SECONDS ?= 60
 soak: build
 	/usr/bin/python3 scripts/soak.py --seconds $(SOAK_SECONDS)
 
-## lint: rustfmt, clippy with warnings denied, ansible-lint and yamllint
-lint: lint-rust lint-ansible
+## lint: rustfmt, clippy with warnings denied, ansible-lint, yamllint and shellcheck
+lint: lint-rust lint-ansible lint-shell
 
 lint-rust:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+lint-shell:
+	shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/stores/*
 
 lint-ansible:
 	@if [ -n "$(ANSIBLE_PATHS)" ]; then \

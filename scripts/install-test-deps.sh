@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need, and nothing that is already there:
-#   - Debian packages (container clients, the reference registry, busybox for test images),
-#     installed with apt-get only when `dpkg-query` says one is missing; `apt-get update`
-#     runs at most once;
+#   - Debian packages (container clients, the reference registry, busybox for test images,
+#     the object stores of scripts/stores/), installed with apt-get only when `dpkg-query`
+#     says one is missing; `apt-get update` runs at most once;
 #   - the Python venv .venv with requirements-test.txt (ansible-core, zuul, pytest,
 #     ansible-lint), reinstalled only when the requirements file changed.
 # Safe to run again and again: a second run changes nothing and takes about a second.
@@ -21,7 +21,12 @@ PACKAGES=(
     apache2-utils                  # htpasswd
     iproute2                       # ip netns
     openssl                        # certificate checks
-    curl                           # bench readiness probes
+    curl                           # bench readiness probes; S3 requests (--aws-sigv4)
+    swift swift-proxy swift-account swift-container swift-object  # scripts/stores/swift:
+    python3-swiftclient memcached  #   OpenStack Swift with s3api, the default S3 test store
+    xfsprogs                       #   mkfs.xfs, for a DIR on XFS if the host fs lacks xattrs
+    ceph-mon ceph-osd radosgw ceph-common  # scripts/stores/ceph: radosgw, strict S3
+    shellcheck                     # lint scripts/
     python3-venv                   # the .venv below
     plantuml                       # make docs: the sequence diagram
 )

@@ -8,6 +8,9 @@
 //! - [`BuildsetRegistry`] runs the `speculum-registry buildset` binary on loopback and
 //!   [`Distribution`] runs Debian's `docker-registry` (the reference registry); both stop on
 //!   drop. [`Dockerd`] runs a private Docker daemon (vfs storage, no bridge) for one test.
+//! - [`S3Store`] runs a real S3 object store on loopback, once per test process: OpenStack
+//!   Swift with s3api (three replicas; the default) or Ceph radosgw (strict S3), from
+//!   `scripts/stores/`; tests isolate by [`S3Store::fresh_bucket`].
 //! - [`http`] sends raw HTTP/1.0 requests, whole or stopped half way.
 //! - [`require_tool`] fails loudly, naming the Debian package, when a client is missing: a
 //!   missing tool is a test failure, never a silent skip. [`run`] runs a command with a
@@ -34,6 +37,7 @@ mod image;
 mod layout;
 mod process;
 mod registry;
+mod stores;
 mod tools;
 
 pub use distribution::{Distribution, DistributionOptions};
@@ -42,6 +46,7 @@ pub use image::{ChildImage, Image, ImageFormat, ImageIndex, ImageSpec, IndexSpec
 pub use layout::{LayoutManifest, layout_manifest};
 pub use process::{CmdOutput, DEFAULT_TIMEOUT, run, run_ok};
 pub use registry::{BuildsetOptions, BuildsetRegistry, RegistryInfo};
+pub use stores::S3Store;
 pub use tools::{
     BUSYBOX_PATH, SelfSigned, free_port, require_busybox, require_tool, self_signed_cert,
     workspace_binary,

@@ -17,6 +17,12 @@ fn debian_package(tool: &str) -> &str {
         "openssl" => "openssl",
         "umoci" => "umoci",
         "docker-registry" => "docker-registry",
+        "swift-proxy-server" => "swift-proxy",
+        "swift-account-server" => "swift-account",
+        "swift-container-server" => "swift-container",
+        "swift-object-server" | "swift-object-replicator" => "swift-object",
+        "radosgw" | "radosgw-admin" => "radosgw",
+        "ceph" => "ceph-common",
         other => other,
     }
 }
