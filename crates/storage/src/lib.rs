@@ -81,6 +81,7 @@ pub mod conformance;
 mod fs;
 mod memory;
 mod registry;
+mod s3;
 
 pub use backend::{Backend, CollectorLock, Table, UploadId, UploadInfo, UploadWriter};
 pub use fs::{Durability, FsBackend};
@@ -89,6 +90,7 @@ pub use registry::{
     GcOptions, GcReport, GcSummary, PatternError, PruneOptions, Registry, RemovedLink,
     RemovedManifest, RemovedTag, RetentionPolicy, RetentionRule, SCRATCH_MAX_AGE, TagInfo,
 };
+pub use s3::{S3Backend, S3Config};
 
 /// Bytes as a stream of chunks: a request body on its way in, a blob on its
 /// way out.
