@@ -327,6 +327,19 @@ impl Backend for S3Backend {
         self.bucket.read(digest, offset, len).await
     }
 
+    async fn blob_url(&self, digest: &Digest, valid_for: Duration) -> Result<Option<String>> {
+        use object_store::signer::{Method, Signer as _};
+        let b = &self.bucket;
+        let Some(entry) = b.entry(digest).await? else {
+            return Ok(None);
+        };
+        let url =
+            b.s3.signed_url(Method::GET, &b.layout.data(&entry.data), valid_for)
+                .await
+                .map_err(store_error)?;
+        Ok(Some(url.to_string()))
+    }
+
     async fn write_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
         let b = &self.bucket;
         if b.entry(digest).await?.is_some() {
@@ -610,13 +623,55 @@ mod tests {
         (Registry::new(backend), ())
     }
 
+    /// A pre-signed URL serves the blob, and only it, to a client without
+    /// credentials.
+    pub(crate) async fn blob_urls(store: &S3Store) {
+        use std::time::Duration;
+
+        let (registry, ()) = open(store).await;
+        let be = registry.backend();
+        let data = bytes::Bytes::from_static(b"fetched straight from the store");
+        let d = speculum_oci::Digest::sha256(&data);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(be.blob_url(&d, hour).await.unwrap(), None);
+        be.write_blob(&d, data.clone()).await.unwrap();
+        let url = be.blob_url(&d, hour).await.unwrap().expect("a URL");
+        let got = std::process::Command::new("curl")
+            .args(["-sSf", "--max-time", "30", &url])
+            .output()
+            .unwrap();
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        assert_eq!(got.stdout, data);
+        // The signature covers the object: another key is refused.
+        let other = url.replacen("/data/", "/data/x", 1);
+        let refused = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &other])
+            .output()
+            .unwrap();
+        assert_eq!(refused.stdout, b"403");
+    }
+
     /// OpenStack Swift through its s3api, three replicas.
     mod swift {
         crate::conformance_tests!(super::open(speculum_testkit::S3Store::swift()));
+
+        #[tokio::test]
+        async fn blob_urls() {
+            super::blob_urls(speculum_testkit::S3Store::swift()).await;
+        }
     }
 
     /// Ceph RGW: strict S3.
     mod ceph {
         crate::conformance_tests!(super::open(speculum_testkit::S3Store::ceph()));
+
+        #[tokio::test]
+        async fn blob_urls() {
+            super::blob_urls(speculum_testkit::S3Store::ceph()).await;
+        }
     }
 }
