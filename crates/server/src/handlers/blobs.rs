@@ -105,7 +105,7 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Respo
     let mut response = if is_head {
         StatusCode::OK.into_response()
     } else {
-        let blob = registry.read_blob(&repo.stored, &digest, range).await?;
+        let blob = registry.open_blob(&digest, size, range).await?;
         let length = if blob.size == 0 {
             0
         } else {
