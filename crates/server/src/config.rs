@@ -15,6 +15,11 @@
 //! serde type with `deny_unknown_fields` in its own module, add a
 //! `#[serde(default)]` field of that type to [`RawRegistry`], validate it in
 //! [`Settings::from_raw`], and add the validated value to [`Settings`].
+//!
+//! Dependency direction: `config` imports the sections' owners (`auth`,
+//! `notify`, `upstream`, `limits`); none of them imports `config`. The value
+//! helpers they share (durations, whole-match regexes) live in the leaf
+//! module `value`, which imports nothing from the crate.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -24,7 +29,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::auth::DEFAULT_TOKEN_EXPIRY;
 use crate::auth::{Access, User};
+pub use crate::value::parse_duration;
+use crate::value::{DurationValue, trim_newline, whole_match};
 
 /// A configuration error: which file, which key, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,51 +185,6 @@ struct RawGc {
     uploads: Option<DurationValue>,
 }
 
-/// A duration in a config file: a number of seconds (as zuul-registry's
-/// `expiration`) or a string such as `90s`, `12h` or `7days`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DurationValue(pub(crate) Duration);
-
-impl<'de> Deserialize<'de> for DurationValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = DurationValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number of seconds or a duration such as \"12h\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationValue, E> {
-                Ok(DurationValue(Duration::from_secs(v)))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
-                u64::try_from(v)
-                    .map(|v| DurationValue(Duration::from_secs(v)))
-                    .map_err(|_| E::custom(format!("a duration cannot be negative: {v}")))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
-                parse_duration(v).map(DurationValue).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
-/// Parse a duration written as text in any config section: a number of
-/// seconds (`"90"`) or a human duration (`90s`, `12h`, `7days`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(t).map_err(|e| format!("invalid duration {t:?}: {e}"))
-}
-
-/// A regular expression that must match the whole text, as every pattern
-/// in the config does (retention, webhook filters, upstream repositories).
-pub(crate) fn whole_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
-}
-
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -308,9 +271,6 @@ impl Default for GcSettings {
         }
     }
 }
-
-/// The default token lifetime.
-pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(600);
 
 /// The validated configuration of `speculum-registry serve` (stage two).
 #[derive(Debug, Clone)]
@@ -618,14 +578,6 @@ impl Settings {
     }
 }
 
-fn trim_newline(bytes: &[u8]) -> &[u8] {
-    let mut end = bytes.len();
-    while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
-        end -= 1;
-    }
-    &bytes[..end]
-}
-
 /// A serde_norway error as a [`ConfigError`]: the key path (serde_norway
 /// puts it before the first `: `) becomes the key, and the line is kept.
 fn yaml_error(path: &Path, e: &serde_norway::Error) -> ConfigError {
@@ -928,5 +880,50 @@ registry:
             .unwrap_err()
             .to_string();
         assert!(e.contains("registry.htpasswd"), "{e}");
+    }
+
+    #[test]
+    fn the_serve_config_takes_an_upstreams_list() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hub-token"), "tok\n").unwrap();
+        let yaml = r#"
+registry:
+  address: 127.0.0.1
+  port: 5000
+  storage: {driver: filesystem, root: store}
+  upstreams:
+    - namespace: docker.io
+      url: https://registry-1.docker.io
+      username: mirror
+      password-file: hub-token
+      tag-ttl: 10m
+      repositories: "library/.*"
+    - namespace: quay.io
+      url: https://quay.io
+      tag-ttl: 60
+"#;
+        let path = dir.path().join("serve.yaml");
+        let s = Settings::parse(yaml, &path, |_| None).unwrap();
+        assert_eq!(s.upstreams.len(), 2);
+        assert_eq!(s.upstreams[0].namespace, "docker.io");
+        assert_eq!(
+            s.upstreams[0].credentials,
+            Some(("mirror".into(), "tok".into()))
+        );
+        assert_eq!(s.upstreams[0].tag_ttl, Duration::from_secs(600));
+        assert_eq!(s.upstreams[1].tag_ttl, Duration::from_secs(60));
+
+        // No upstreams: the default.
+        let bare = yaml.split("  upstreams:").next().unwrap();
+        let s = Settings::parse(bare, &path, |_| None).unwrap();
+        assert!(s.upstreams.is_empty());
+
+        // Errors name the key under `registry.`.
+        let bad = yaml.replace("tag-ttl: 60", "tag-ttl: soon");
+        let e = Settings::parse(&bad, &path, |_| None).unwrap_err();
+        assert_eq!(e.key(), Some("registry.upstreams[1].tag-ttl"), "{e}");
+        let bad = yaml.replace("tag-ttl: 60", "tagttl: 60");
+        let e = Settings::parse(&bad, &path, |_| None).unwrap_err();
+        assert!(e.to_string().contains("tagttl"), "{e}");
     }
 }

@@ -39,6 +39,7 @@ mod speculative;
 mod tls;
 pub mod token;
 mod upstream;
+mod value;
 mod watchdog;
 
 use std::sync::Arc;
