@@ -223,8 +223,8 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
-/// The checked webhook settings.
-#[derive(Debug, Clone)]
+/// The checked webhook settings (the default: no endpoints).
+#[derive(Debug, Clone, Default)]
 pub struct WebhookSettings {
     /// The directory of the queues.
     pub queue_dir: PathBuf,
