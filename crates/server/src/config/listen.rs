@@ -86,6 +86,9 @@ pub(super) fn validate(raw: &RawRegistry, at: &Source) -> Result<ListenSettings,
         None => None,
         Some(url) => Some(validate_public_url(url).map_err(|m| at.err("registry.public-url", m))?),
     };
+    // TLS before connections: the order the keys were checked in before
+    // the sections were split, so a file with two faults names the same one.
+    let tls = tls(raw, at)?;
     let connections = raw
         .connections
         .validate()
@@ -93,7 +96,7 @@ pub(super) fn validate(raw: &RawRegistry, at: &Source) -> Result<ListenSettings,
     Ok(ListenSettings {
         addr: SocketAddr::new(ip, port),
         public_url,
-        tls: tls(raw, at)?,
+        tls,
         connections,
     })
 }
