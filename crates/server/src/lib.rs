@@ -6,6 +6,13 @@
 //! [`AuthPolicy`], and calls one handler per resource; handlers call storage;
 //! every failure becomes an [`ApiError`] in one module.
 //!
+//! Starting: a typed [`Settings`] value, read from the config file
+//! ([`Settings::load`]) or made for a buildset ([`Settings::buildset`]), is
+//! the one input of [`RegistryServer::start`]. `config` validates, `start`
+//! serves; config sections are owned by `auth`, `notify`, `upstream` and
+//! `limits`, which import neither `config` nor one another's config, and
+//! share the leaf module `value`.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use speculum_server::{AppState, AuthPolicy, router};
@@ -29,16 +36,19 @@ mod drain;
 mod error;
 pub mod fdlimit;
 mod handlers;
-mod intermediate;
+mod housekeeping;
+mod info;
 mod limits;
 mod metrics;
 mod notify;
 mod route;
 mod serve;
 mod speculative;
+mod start;
 mod tls;
 pub mod token;
 mod upstream;
+mod value;
 mod watchdog;
 
 use std::sync::Arc;
@@ -51,13 +61,11 @@ use axum::response::{IntoResponse, Response};
 use speculum_storage::Registry;
 
 pub use auth::{Access, Action, AuthPolicy, DEFAULT_SERVICE, Identity, User};
-pub use buildset::{
-    BUILDSET_UPLOAD_MAX_AGE, BuildsetOptions, BuildsetServer, RegistryInfo, StartError,
-    write_info_file,
-};
+pub use buildset::{BUILDSET_UPLOAD_MAX_AGE, BuildsetOptions};
 pub use config::{ConfigError, LogFormat, Settings};
 pub use error::{ApiError, ApiResult};
-pub use intermediate::{IntermediateServer, prune_options, run_prune};
+pub use housekeeping::{prune_options, run_prune};
+pub use info::{RegistryInfo, write_info_file};
 pub use limits::{ConnectionLimits, default_max_connections};
 pub use metrics::{Collector, Exposition, Metrics, StorageFigures};
 pub use notify::{
@@ -68,6 +76,7 @@ pub use notify::{
 };
 pub use serve::Server;
 pub use speculative::Speculative;
+pub use start::{RegistryServer, StartError};
 pub use tls::{
     GeneratedCert, TlsError, generate_certificate, server_config, server_config_from_files,
 };

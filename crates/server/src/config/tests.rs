@@ -1,0 +1,249 @@
+//! The whole file, parsed and validated: keys, defaults and errors.
+
+use std::time::Duration;
+
+use super::*;
+use crate::auth::Access;
+
+fn parse(text: &str) -> Result<Settings, ConfigError> {
+    Settings::parse(text, Path::new("/etc/speculum/registry.yaml"), |name| {
+        (name == "ZUUL_REGISTRY_SECRET").then(|| "s3cr3t".to_string())
+    })
+}
+
+const ZUUL: &str = r#"
+registry:
+  address: '::'
+  port: 5000
+  public-url: https://registry.example.com:5000/
+  tls-cert: /tls/cert.pem
+  tls-key: /tls/cert.key
+  secret: "%(ZUUL_REGISTRY_SECRET)"
+  users:
+    - name: zuul
+      pass: pw
+      access: write
+    - name: reader
+      pass: rpw
+      access: read
+  storage:
+    driver: filesystem
+    root: /storage
+  expiration: 86400
+"#;
+
+#[test]
+fn zuul_registry_config() {
+    let s = parse(ZUUL).unwrap();
+    assert_eq!(s.listen.addr, "[::]:5000".parse().unwrap());
+    assert_eq!(
+        s.listen.public_url.as_deref(),
+        Some("https://registry.example.com:5000")
+    );
+    assert_eq!(s.auth.secret, Some(SigningSecret::new(b"s3cr3t".to_vec())));
+    assert_eq!(s.auth.users.len(), 2);
+    assert!(
+        !s.auth.anonymous_read,
+        "a read user turns anonymous read off"
+    );
+    assert_eq!(s.storage.root(), Some(Path::new("/storage")));
+    assert_eq!(s.retention.len(), 1);
+    assert_eq!(s.retention[0].older_than, Duration::from_secs(86400));
+    assert!(s.metrics.serve && s.metrics.storage_figures);
+    assert_eq!(s.auth.token_expiry, DEFAULT_TOKEN_EXPIRY);
+    let TlsSettings::Files(tls) = s.listen.tls else {
+        panic!("{:?}", s.listen.tls)
+    };
+    assert_eq!(tls.cert, PathBuf::from("/tls/cert.pem"));
+}
+
+#[test]
+fn relative_paths_and_speculum_keys() {
+    let s = parse(
+            "registry:\n  address: 127.0.0.1\n  port: 0\n  storage: {driver: filesystem, root: data}\n  \
+             anonymous-read: false\n  gc: {interval: 1h, grace: 30m, uploads: 2d}\n  uploads-per-user: 7\n  metrics: false\n  \
+             log-format: json\n  token-expiry: 5m\n  retention:\n    - {tags: '.*', older-than: 7days}\n",
+        )
+        .unwrap();
+    assert_eq!(s.storage.root(), Some(Path::new("/etc/speculum/data")));
+    assert!(!s.auth.anonymous_read);
+    assert_eq!(s.gc.interval, Some(Duration::from_secs(3600)));
+    assert_eq!(s.gc.grace, Duration::from_secs(1800));
+    assert_eq!(s.gc.upload_max_age, Duration::from_secs(2 * 86400));
+    assert_eq!(s.storage.uploads_per_user, 7);
+    assert!(!s.metrics.serve && !s.metrics.storage_figures);
+    assert_eq!(s.log_format, LogFormat::Json);
+    assert_eq!(s.auth.token_expiry, Duration::from_secs(300));
+    assert_eq!(s.retention[0].tags, ".*");
+    assert_eq!(s.retention[0].repositories, ".*");
+    assert_eq!(s.retention[0].older_than, Duration::from_secs(7 * 86400));
+    assert!(s.auth.secret.is_none());
+    assert!(s.auth.anonymous_read || s.auth.users.is_empty());
+    assert_eq!(
+        s.listen.connections,
+        crate::limits::ConnectionLimits::default()
+    );
+}
+
+#[test]
+fn connection_limits() {
+    let s = parse(&format!(
+        "{BASE}  connections: {{header-timeout: 5s, body-idle-timeout: 1m, \
+             keep-alive-timeout: 90, max: 500}}\n"
+    ))
+    .unwrap();
+    assert_eq!(s.listen.connections.header_timeout, Duration::from_secs(5));
+    assert_eq!(
+        s.listen.connections.body_idle_timeout,
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        s.listen.connections.keep_alive_timeout,
+        Duration::from_secs(90)
+    );
+    assert_eq!(s.listen.connections.max_connections, Some(500));
+    let e = error(&format!("{BASE}  connections: {{header-timeout: 0}}\n"));
+    assert!(e.contains("registry.connections.header-timeout"), "{e}");
+    let e = error(&format!("{BASE}  connections: {{max: 0}}\n"));
+    assert!(e.contains("registry.connections.max"), "{e}");
+    let e = error(&format!("{BASE}  connections: {{idle: 1}}\n"));
+    assert!(e.contains("idle"), "{e}");
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+const BASE: &str =
+    "registry:\n  address: 127.0.0.1\n  port: 5000\n  storage: {driver: filesystem, root: /s}\n";
+
+#[test]
+fn errors_name_the_key_and_the_file() {
+    let e = error(&format!("{BASE}  colour: blue\n"));
+    assert!(e.starts_with("/etc/speculum/registry.yaml: "), "{e}");
+    assert!(e.contains("colour"), "{e}");
+    let e = error(&format!(
+        "{BASE}  users: [{{name: a, pass: b, access: admin}}]\n"
+    ));
+    assert!(e.contains("registry.users[0].access"), "{e}");
+    assert!(e.contains("admin"), "{e}");
+    let e = error(&format!("{BASE}  gc: {{interval: soon}}\n"));
+    assert!(e.contains("registry.gc.interval"), "{e}");
+    let e = error(&format!(
+        "{BASE}  retention: [{{tags: '(', older-than: 1}}]\n"
+    ));
+    assert!(e.contains("registry.retention[0].tags"), "{e}");
+    let e = error("registry:\n  address: localhost\n  port: 5000\n");
+    assert!(e.contains("registry.address"), "{e}");
+    let e = error("registry:\n  address: ::1\n  port: 99999\n");
+    assert!(e.contains("registry.port"), "{e}");
+    let e = error("registry:\n  address: ::1\n  port: 1\n  storage: {driver: swift, root: x}\n");
+    assert!(e.contains("registry.storage.driver"), "{e}");
+    let e = error(&format!("{BASE}  tls-cert: x\n"));
+    assert!(e.contains("registry.tls-key"), "{e}");
+    let e = error(&format!("{BASE}  public-url: registry.example.com\n"));
+    assert!(e.contains("registry.public-url"), "{e}");
+    let e = error(&format!("{BASE}  anonymous-read: maybe\n"));
+    assert!(e.contains("registry.anonymous-read"), "{e}");
+    let e = error("other: 1\n");
+    assert!(e.contains("other"), "{e}");
+}
+
+#[test]
+fn environment_substitution() {
+    let s = parse(&format!("{BASE}  secret: '%(ZUUL_REGISTRY_SECRET)'\n")).unwrap();
+    assert_eq!(s.auth.secret.unwrap().as_bytes(), b"s3cr3t");
+    let e = error(&format!("{BASE}  secret: '%(ZUUL_MISSING)'\n"));
+    assert!(e.contains("ZUUL_MISSING"), "{e}");
+    assert!(e.starts_with("/etc/speculum/registry.yaml"), "{e}");
+    // Not ours: left alone.
+    let s = parse(&format!("{BASE}  secret: '%(HOME) %(ZUUL_x'\n")).unwrap();
+    assert_eq!(s.auth.secret.unwrap().as_bytes(), b"%(HOME) %(ZUUL_x");
+}
+
+#[test]
+fn explicit_anonymous_read_wins() {
+    let s = parse(&format!(
+        "{BASE}  anonymous-read: true\n  users: [{{name: r, pass: p, access: read}}]\n"
+    ))
+    .unwrap();
+    assert!(s.auth.anonymous_read);
+    let s = parse(&format!(
+        "{BASE}  users: [{{name: w, pass: p, access: write}}]\n"
+    ))
+    .unwrap();
+    assert!(s.auth.anonymous_read);
+}
+
+#[test]
+fn htpasswd_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // Cost 4 keeps the test fast.
+    let hash = bcrypt::hash("pw", 4).unwrap().replacen("$2b$", "$2y$", 1);
+    std::fs::write(dir.path().join("w"), format!("# writers\n\nalice:{hash}\n")).unwrap();
+    std::fs::write(dir.path().join("r"), format!("bob:{hash}\n")).unwrap();
+    std::fs::write(dir.path().join("md5"), "carol:$apr1$abc$def\n").unwrap();
+    let path = dir.path().join("registry.yaml");
+    let text = format!("{BASE}  htpasswd: w\n  htpasswd-read: r\n");
+    let s = Settings::parse(&text, &path, |_| None).unwrap();
+    assert_eq!(s.auth.users.len(), 2);
+    assert_eq!(s.auth.users[0].access(), Access::Write);
+    assert_eq!(s.auth.users[1].access(), Access::Read);
+    assert!(!s.auth.anonymous_read);
+    let text = format!("{BASE}  htpasswd: md5\n");
+    let e = Settings::parse(&text, &path, |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("registry.htpasswd"), "{e}");
+    assert!(e.contains("md5:1"), "{e}");
+    let text = format!("{BASE}  htpasswd: missing\n");
+    let e = Settings::parse(&text, &path, |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("registry.htpasswd"), "{e}");
+}
+
+#[test]
+fn the_serve_config_takes_an_upstreams_list() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hub-token"), "tok\n").unwrap();
+    let yaml = r#"
+registry:
+  address: 127.0.0.1
+  port: 5000
+  storage: {driver: filesystem, root: store}
+  upstreams:
+    - namespace: docker.io
+      url: https://registry-1.docker.io
+      username: mirror
+      password-file: hub-token
+      tag-ttl: 10m
+      repositories: "library/.*"
+    - namespace: quay.io
+      url: https://quay.io
+      tag-ttl: 60
+"#;
+    let path = dir.path().join("serve.yaml");
+    let s = Settings::parse(yaml, &path, |_| None).unwrap();
+    assert_eq!(s.upstreams.len(), 2);
+    assert_eq!(s.upstreams[0].namespace, "docker.io");
+    assert_eq!(
+        s.upstreams[0].credentials,
+        Some(("mirror".into(), "tok".into()))
+    );
+    assert_eq!(s.upstreams[0].tag_ttl, Duration::from_secs(600));
+    assert_eq!(s.upstreams[1].tag_ttl, Duration::from_secs(60));
+
+    // No upstreams: the default.
+    let bare = yaml.split("  upstreams:").next().unwrap();
+    let s = Settings::parse(bare, &path, |_| None).unwrap();
+    assert!(s.upstreams.is_empty());
+
+    // Errors name the key under `registry.`.
+    let bad = yaml.replace("tag-ttl: 60", "tag-ttl: soon");
+    let e = Settings::parse(&bad, &path, |_| None).unwrap_err();
+    assert_eq!(e.key(), Some("registry.upstreams[1].tag-ttl"), "{e}");
+    let bad = yaml.replace("tag-ttl: 60", "tagttl: 60");
+    let e = Settings::parse(&bad, &path, |_| None).unwrap_err();
+    assert!(e.to_string().contains("tagttl"), "{e}");
+}
