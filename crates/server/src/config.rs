@@ -219,17 +219,22 @@ impl Settings {
         path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let text = file::substitute_env(text, path, env)?;
+        let text = file::substitute_env(text, path, &env)?;
         let file: ConfigFile =
             serde_norway::from_str(&text).map_err(|e| file::yaml_error(path, &e))?;
-        Settings::from_raw(&file.registry, path)
+        Settings::from_raw(&file.registry, path, &env)
     }
 
     /// Validate the raw `registry:` section, one section at a time.
-    fn from_raw(raw: &RawRegistry, path: &Path) -> Result<Settings, ConfigError> {
+    fn from_raw(
+        raw: &RawRegistry,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let at = Source {
             file: path,
             base: path.parent().unwrap_or(Path::new(".")),
+            env,
         };
         let listen = listen::validate(raw, &at)?;
         let auth = auth::validate(raw, &at)?;
@@ -272,6 +277,9 @@ impl Settings {
 struct Source<'a> {
     file: &'a Path,
     base: &'a Path,
+    /// The environment, for values a section may take from it (an object
+    /// store's credentials).
+    env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Source<'_> {

@@ -104,6 +104,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     serve_metrics: bool,
     uploads_per_user: usize,
+    /// Blob GETs answer 307 to the store's pre-signed URL when it has one.
+    redirect_blobs: bool,
 }
 
 /// How many upload sessions one user may have open by default: far more
@@ -124,6 +126,7 @@ impl AppState {
                 metrics: Metrics::new(),
                 serve_metrics: true,
                 uploads_per_user: DEFAULT_UPLOADS_PER_USER,
+                redirect_blobs: false,
             }),
         }
     }
@@ -154,6 +157,22 @@ impl AppState {
     /// How many upload sessions each user may have open.
     pub(crate) fn uploads_per_user(&self) -> usize {
         self.inner.uploads_per_user
+    }
+
+    /// The same state, sending blob GETs to the store's pre-signed URLs
+    /// ([`speculum_storage::Backend::blob_url`]) when `on`.
+    pub fn with_blob_redirects(self, on: bool) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                redirect_blobs: on,
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// Whether blob GETs may be redirected to the store.
+    pub(crate) fn redirect_blobs(&self) -> bool {
+        self.inner.redirect_blobs
     }
 
     /// The metrics.

@@ -169,6 +169,15 @@ async fn open_storage(settings: &StorageSettings) -> Result<OpenStorage, StartEr
             root: None,
             temp: None,
         },
+        StorageBackend::S3(s3) => OpenStorage {
+            registry: Registry::new(
+                speculum_storage::S3Backend::open(&s3.config)
+                    .await
+                    .map_err(|e| storage_error(&e))?,
+            ),
+            root: None,
+            temp: None,
+        },
         StorageBackend::Filesystem(fs) => {
             let (root, temp) = match &fs.root {
                 Some(root) => {
@@ -229,6 +238,10 @@ fn app_state(
     let state = AppState::new(registry, policy(settings))
         .with_metrics(metrics.clone(), settings.metrics.serve)
         .with_uploads_per_user(settings.storage.uploads_per_user)
+        .with_blob_redirects(matches!(
+            &settings.storage.backend,
+            StorageBackend::S3(s3) if s3.redirect
+        ))
         .with_notifier(notifier)
         .with_upstreams(upstreams);
     Ok(if settings.speculative {

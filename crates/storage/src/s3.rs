@@ -42,7 +42,7 @@ use crate::{BodyStream, Error, Result};
 /// Where an [`S3Backend`] stores, and how it signs in. Built by the server
 /// from its `storage:` settings, which read secrets from the environment
 /// or files.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Config {
     /// The bucket, which must exist.
     pub bucket: String,

@@ -1,23 +1,41 @@
-//! Where images are kept: `storage: {driver, root}` and `uploads-per-user`.
+//! Where images are kept: `storage: {driver, ...}` and `uploads-per-user`.
 //!
 //! The backend is an enum with one variant per driver, each carrying its
-//! own typed settings. A new driver (S3) is a new variant, a new arm in
+//! own typed settings: `filesystem` (`root`) or `s3` (bucket, endpoint and
+//! credentials, see [`s3`]). A new driver is a new variant, a new arm in
 //! [`validate`] and in the server's `open_storage`; no other section
 //! changes.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use speculum_storage::Durability;
+use speculum_storage::{Durability, S3Config};
 
 use super::{ConfigError, RawRegistry, Source};
 
-/// `storage:` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+mod s3;
+
+/// `storage:` as written: the keys of every driver, each checked to
+/// belong to the one chosen.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(super) struct RawStorage {
     driver: String,
     root: Option<PathBuf>,
+    bucket: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    prefix: Option<String>,
+    path_style: Option<bool>,
+    access_key_id_file: Option<PathBuf>,
+    secret_access_key_file: Option<PathBuf>,
+    /// Refused with a pointer to the `-file` keys: secrets stay out of
+    /// the config file.
+    access_key_id: Option<serde::de::IgnoredAny>,
+    secret_access_key: Option<serde::de::IgnoredAny>,
+    ca: Option<PathBuf>,
+    redirect: Option<bool>,
+    part_size_mib: Option<usize>,
 }
 
 /// Where images are kept, and how many uploads one user may keep open.
@@ -44,7 +62,7 @@ impl StorageSettings {
     pub fn root(&self) -> Option<&Path> {
         match &self.backend {
             StorageBackend::Filesystem(fs) => fs.root.as_deref(),
-            StorageBackend::Memory => None,
+            StorageBackend::Memory | StorageBackend::S3(_) => None,
         }
     }
 }
@@ -57,6 +75,20 @@ pub enum StorageBackend {
     Filesystem(FilesystemStorage),
     /// Process memory: gone on exit (tests).
     Memory,
+    /// A bucket of an S3-compatible object store, which several registry
+    /// processes may share.
+    S3(S3Storage),
+}
+
+/// The S3 backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Storage {
+    /// The bucket, where, and the credentials (read from their files or
+    /// the environment at load).
+    pub config: S3Config,
+    /// Send clients to a pre-signed URL of the store for blob GETs instead
+    /// of streaming blobs through the registry.
+    pub redirect: bool,
 }
 
 /// The filesystem backend.
@@ -75,30 +107,43 @@ pub(super) fn validate(raw: &RawRegistry, at: &Source) -> Result<StorageSettings
         .storage
         .as_ref()
         .ok_or_else(|| at.err("registry.storage", "is required"))?;
-    if storage.driver != "filesystem" {
-        return Err(at.err(
-            "registry.storage.driver",
-            format!(
-                "unsupported driver {:?} (speculum supports: filesystem)",
-                storage.driver
-            ),
-        ));
+    let backend = match storage.driver.as_str() {
+        "filesystem" => filesystem(storage, at)?,
+        "s3" => {
+            if storage.root.is_some() {
+                return Err(at.err("registry.storage.root", "is for driver filesystem only"));
+            }
+            StorageBackend::S3(s3::validate(storage, at)?)
+        }
+        other => {
+            return Err(at.err(
+                "registry.storage.driver",
+                format!("unsupported driver {other:?} (speculum supports: filesystem, s3)"),
+            ));
+        }
+    };
+    let uploads_per_user = match raw.uploads_per_user {
+        Some(0) => return Err(at.err("registry.uploads-per-user", "must be at least 1")),
+        n => n.unwrap_or(crate::DEFAULT_UPLOADS_PER_USER),
+    };
+    Ok(StorageSettings {
+        backend,
+        uploads_per_user,
+    })
+}
+
+fn filesystem(storage: &RawStorage, at: &Source) -> Result<StorageBackend, ConfigError> {
+    if let Some(key) = s3::first_key(storage) {
+        return Err(at.err(&format!("registry.storage.{key}"), "is for driver s3 only"));
     }
     let root = storage
         .root
         .as_ref()
         .map(|r| at.resolve(r))
         .ok_or_else(|| at.err("registry.storage.root", "is required"))?;
-    let uploads_per_user = match raw.uploads_per_user {
-        Some(0) => return Err(at.err("registry.uploads-per-user", "must be at least 1")),
-        n => n.unwrap_or(crate::DEFAULT_UPLOADS_PER_USER),
-    };
-    Ok(StorageSettings {
-        // The intermediate registry's store outlives the machine's uptime.
-        backend: StorageBackend::Filesystem(FilesystemStorage {
-            root: Some(root),
-            durability: Durability::Flushed,
-        }),
-        uploads_per_user,
-    })
+    // The intermediate registry's store outlives the machine's uptime.
+    Ok(StorageBackend::Filesystem(FilesystemStorage {
+        root: Some(root),
+        durability: Durability::Flushed,
+    }))
 }

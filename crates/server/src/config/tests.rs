@@ -247,3 +247,160 @@ registry:
     let e = Settings::parse(&bad, &path, |_| None).unwrap_err();
     assert!(e.to_string().contains("tagttl"), "{e}");
 }
+
+fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    Settings::parse(text, Path::new("/etc/speculum/registry.yaml"), |name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_string())
+    })
+}
+
+const S3: &str = "registry:\n  address: 127.0.0.1\n  port: 5000\n  storage:\n    driver: s3\n    bucket: speculum\n";
+const KEYS: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "test:tester"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+];
+
+#[test]
+fn s3_storage_defaults_and_credentials_from_the_environment() {
+    let s = parse_with(
+        &format!("{S3}    endpoint: http://127.0.0.1:8080/\n    prefix: site/registry\n"),
+        KEYS,
+    )
+    .unwrap();
+    let StorageBackend::S3(s3) = &s.storage.backend else {
+        panic!("{:?}", s.storage.backend)
+    };
+    assert_eq!(s3.config.bucket, "speculum");
+    assert_eq!(s3.config.endpoint.as_deref(), Some("http://127.0.0.1:8080"));
+    assert_eq!(s3.config.region, "us-east-1");
+    assert_eq!(s3.config.prefix, "site/registry");
+    assert!(s3.config.path_style);
+    assert_eq!(s3.config.access_key_id, "test:tester");
+    assert_eq!(s3.config.secret_access_key, "testing");
+    assert_eq!(s3.config.part_size, 8 << 20);
+    assert!(!s3.redirect);
+    assert_eq!(s.storage.root(), None);
+}
+
+#[test]
+fn s3_storage_credentials_and_ca_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let id = file("id", "AKIDEXAMPLE\n");
+    let secret = file("secret", "wJalrXUtnFEMI\n");
+    let ca = file(
+        "ca.pem",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    );
+    let text = format!(
+        "{S3}    access-key-id-file: {id}\n    secret-access-key-file: {secret}\n    ca: {ca}\n    \
+         redirect: true\n    part-size-mib: 16\n    path-style: false\n    region: eu-west-1\n"
+    );
+    // The files win over the environment.
+    let s = parse_with(&text, KEYS).unwrap();
+    let StorageBackend::S3(s3) = &s.storage.backend else {
+        panic!("{:?}", s.storage.backend)
+    };
+    assert_eq!(s3.config.access_key_id, "AKIDEXAMPLE");
+    assert_eq!(s3.config.secret_access_key, "wJalrXUtnFEMI");
+    assert!(
+        s3.config
+            .ca_pem
+            .as_deref()
+            .unwrap()
+            .starts_with(b"-----BEGIN")
+    );
+    assert!(s3.redirect && !s3.config.path_style);
+    assert_eq!(s3.config.part_size, 16 << 20);
+    assert_eq!(s3.config.region, "eu-west-1");
+    // Debug output never shows the secret.
+    assert!(!format!("{s3:?}").contains("wJalrXUtnFEMI"));
+
+    let not_pem = file("not.pem", "hello\n");
+    let e = parse_with(&format!("{S3}    ca: {not_pem}\n"), KEYS).unwrap_err();
+    assert!(e.to_string().contains("registry.storage.ca"), "{e}");
+    let e = parse_with(
+        &format!("{S3}    secret-access-key-file: /nonexistent\n"),
+        KEYS,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("registry.storage.secret-access-key-file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn s3_storage_errors_name_the_key() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        ("", &[], "registry.storage.access-key-id-file"),
+        (
+            "",
+            &[("AWS_ACCESS_KEY_ID", "x")],
+            "registry.storage.secret-access-key-file",
+        ),
+        (
+            "    secret-access-key: inline\n",
+            KEYS,
+            "registry.storage.secret-access-key",
+        ),
+        (
+            "    access-key-id: inline\n",
+            KEYS,
+            "registry.storage.access-key-id",
+        ),
+        (
+            "    endpoint: s3.example.org\n",
+            KEYS,
+            "registry.storage.endpoint",
+        ),
+        (
+            "    part-size-mib: 4\n",
+            KEYS,
+            "registry.storage.part-size-mib",
+        ),
+        ("    root: /data\n", KEYS, "registry.storage.root"),
+        ("    redirect: sometimes\n", KEYS, "redirect"),
+    ];
+    for (extra, vars, key) in cases {
+        let e = parse_with(&format!("{S3}{extra}"), vars)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{extra:?}: {e}");
+    }
+    let e = parse_with(
+        &S3.replace("bucket: speculum", "bucket: Not_A_Bucket"),
+        KEYS,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("registry.storage.bucket"), "{e}");
+    let e = parse_with(&S3.replace("    bucket: speculum\n", ""), KEYS)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("registry.storage.bucket") && e.contains("required"),
+        "{e}"
+    );
+    // The secret's message points at the file key and the variable.
+    let e = parse_with(&format!("{S3}    secret-access-key: inline\n"), KEYS)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("secret-access-key-file") && e.contains("AWS_SECRET_ACCESS_KEY"),
+        "{e}"
+    );
+    // S3 keys with the filesystem driver.
+    let e = error(&BASE.replace("root: /s}", "root: /s, bucket: b}"));
+    assert!(
+        e.contains("registry.storage.bucket") && e.contains("s3 only"),
+        "{e}"
+    );
+}
