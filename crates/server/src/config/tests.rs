@@ -257,7 +257,10 @@ fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Settings, ConfigError
 }
 
 const S3: &str = "registry:\n  address: 127.0.0.1\n  port: 5000\n  storage:\n    driver: s3\n    bucket: speculum\n";
-const KEYS: &[(&str, &str)] = &[
+/// Environment variables a test parses with.
+type Vars = &'static [(&'static str, &'static str)];
+
+const KEYS: Vars = &[
     ("AWS_ACCESS_KEY_ID", "test:tester"),
     ("AWS_SECRET_ACCESS_KEY", "testing"),
 ];
@@ -339,7 +342,7 @@ fn s3_storage_credentials_and_ca_from_files() {
 
 #[test]
 fn s3_storage_errors_name_the_key() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[(&str, Vars, &str)] = &[
         ("", &[], "registry.storage.access-key-id-file"),
         (
             "",
