@@ -251,24 +251,15 @@ async fn serve(settings: Settings, started: Instant) -> anyhow::Result<()> {
 
 async fn prune(args: PruneArgs, settings: Settings) -> anyhow::Result<()> {
     let options = prune_options(&settings, args.dry_run);
-    let root = settings
-        .storage
-        .root()
-        .context("prune works on a storage directory, and the config names none")?;
-    anyhow::ensure!(
-        root.is_dir(),
-        "the storage root {} does not exist",
-        root.display()
-    );
-    let registry = speculum_storage::Registry::filesystem(root)
+    let registry = speculum_server::open_existing_store(&settings.storage)
         .await
-        .with_context(|| format!("cannot open {}", root.display()))?;
+        .context("prune cannot open the store")?;
     let report = match run_prune(&registry, &options, None).await {
         Ok(report) => report,
         Err(speculum_storage::Error::CollectionRunning) => anyhow::bail!(
             "another garbage collection is running on {} (a `prune`, or the scheduled \
              collection of `serve`); nothing was removed, try again later",
-            root.display()
+            settings.storage
         ),
         Err(e) => return Err(anyhow::Error::new(e).context("prune failed")),
     };

@@ -76,7 +76,7 @@ pub use notify::{
 };
 pub use serve::Server;
 pub use speculative::Speculative;
-pub use start::{RegistryServer, StartError};
+pub use start::{RegistryServer, StartError, open_existing_store};
 pub use tls::{
     GeneratedCert, TlsError, generate_certificate, server_config, server_config_from_files,
 };

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Access, AuthPolicy, DEFAULT_SERVICE};
-use crate::config::{Settings, StorageBackend, StorageSettings, TlsSettings};
+use crate::config::{FilesystemStorage, Settings, StorageBackend, StorageSettings, TlsSettings};
 use crate::housekeeping::{
     gc_loop, prune_options, remove_stale_scratch, storage_figures_loop, sweep_uploads_loop,
 };
@@ -161,6 +161,36 @@ struct OpenStorage {
 
 /// Open the backend of `settings`, creating its directory if needed, and
 /// remove what a crash left mid-write.
+/// The registry over the existing store `settings` names, for tools that
+/// run beside a server (`prune`). A filesystem root must exist already: a
+/// typo in the path must not quietly collect an empty new store.
+pub async fn open_existing_store(settings: &StorageSettings) -> Result<Registry, StartError> {
+    let storage_error = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
+    match &settings.backend {
+        StorageBackend::Filesystem(FilesystemStorage {
+            root: Some(root), ..
+        }) => {
+            if !root.is_dir() {
+                return Err(StartError::Storage(format!(
+                    "the storage root {} does not exist",
+                    root.display()
+                )));
+            }
+            Registry::filesystem(root)
+                .await
+                .map_err(|e| StartError::Storage(format!("{}: {e}", root.display())))
+        }
+        StorageBackend::S3(s3) => Ok(Registry::new(
+            speculum_storage::S3Backend::open(&s3.config)
+                .await
+                .map_err(|e| storage_error(&e))?,
+        )),
+        _ => Err(StartError::Storage(
+            "the config names no store that outlives a process".into(),
+        )),
+    }
+}
+
 async fn open_storage(settings: &StorageSettings) -> Result<OpenStorage, StartError> {
     let storage_error = |e: &dyn std::fmt::Display| StartError::Storage(e.to_string());
     let opened = match &settings.backend {

@@ -67,6 +67,20 @@ impl StorageSettings {
     }
 }
 
+impl std::fmt::Display for StorageSettings {
+    /// The store in words, for messages: a directory or a bucket.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.backend {
+            StorageBackend::Filesystem(FilesystemStorage { root: Some(r), .. }) => {
+                write!(f, "{}", r.display())
+            }
+            StorageBackend::Filesystem(_) => f.write_str("a temporary directory"),
+            StorageBackend::Memory => f.write_str("memory"),
+            StorageBackend::S3(s3) => write!(f, "bucket {}", s3.config.bucket),
+        }
+    }
+}
+
 /// The storage backend and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
