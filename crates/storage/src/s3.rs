@@ -124,14 +124,21 @@ impl S3Backend {
             leases: Mutex::default(),
             releases: Mutex::default(),
         });
-        // Fail at start, naming the bucket, rather than at the first push.
-        let probe = bucket.layout.collector();
-        found(bucket.s3.head(&probe).await).map_err(|e| {
-            Error::Io(std::io::Error::other(format!(
-                "cannot reach bucket {:?}: {e}",
-                config.bucket
-            )))
-        })?;
+        // Fail at start, naming the bucket, rather than at the first push:
+        // a listing fails for a missing bucket or refused credentials,
+        // where a read of one key would just find nothing.
+        let probe = bucket.layout.uploads_dir();
+        bucket
+            .s3
+            .list_with_delimiter(Some(&probe))
+            .await
+            .map_err(|e| {
+                Error::Io(std::io::Error::other(format!(
+                    "cannot list bucket {:?} at {}: {e}",
+                    config.bucket,
+                    config.endpoint.as_deref().unwrap_or("AWS")
+                )))
+            })?;
         Ok(S3Backend { bucket })
     }
 }
@@ -623,6 +630,35 @@ mod tests {
         (Registry::new(backend), ())
     }
 
+    /// A missing bucket or wrong credentials stop the start, naming the
+    /// bucket.
+    pub(crate) async fn refused_at_open(store: &S3Store) {
+        let good = S3Config {
+            bucket: store.fresh_bucket("refused"),
+            endpoint: Some(store.endpoint().to_owned()),
+            region: store.region().to_owned(),
+            prefix: String::new(),
+            path_style: true,
+            access_key_id: store.access_key_id().to_owned(),
+            secret_access_key: store.secret_access_key().to_owned(),
+            ca_pem: None,
+            part_size: S3Config::DEFAULT_PART_SIZE,
+        };
+        assert!(S3Backend::open(&good).await.is_ok());
+        let missing = S3Config {
+            bucket: "no-such-bucket-here".into(),
+            ..good.clone()
+        };
+        let e = S3Backend::open(&missing).await.err().expect("refused");
+        assert!(e.to_string().contains("no-such-bucket-here"), "{e}");
+        let wrong = S3Config {
+            secret_access_key: "not-the-secret".into(),
+            ..good
+        };
+        let e = S3Backend::open(&wrong).await.err().expect("refused");
+        assert!(e.to_string().contains("cannot list bucket"), "{e}");
+    }
+
     /// A pre-signed URL serves the blob, and only it, to a client without
     /// credentials.
     pub(crate) async fn blob_urls(store: &S3Store) {
@@ -663,6 +699,11 @@ mod tests {
         async fn blob_urls() {
             super::blob_urls(speculum_testkit::S3Store::swift()).await;
         }
+
+        #[tokio::test]
+        async fn refused_at_open() {
+            super::refused_at_open(speculum_testkit::S3Store::swift()).await;
+        }
     }
 
     /// Ceph RGW: strict S3.
@@ -672,6 +713,11 @@ mod tests {
         #[tokio::test]
         async fn blob_urls() {
             super::blob_urls(speculum_testkit::S3Store::ceph()).await;
+        }
+
+        #[tokio::test]
+        async fn refused_at_open() {
+            super::refused_at_open(speculum_testkit::S3Store::ceph()).await;
         }
     }
 }
