@@ -28,11 +28,12 @@ from lib.context import Bench  # noqa: E402
 from lib.results import Results  # noqa: E402
 from lib.sections import (  # noqa: E402
     criterion, s1_blobs, s2_skopeo, s3_parallel, s4_small, s5_memory, s6_start, s7_helper,
-    s8_intermediate)
+    s8_intermediate, s9_stores)
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {'1': s1_blobs, '2': s2_skopeo, '3': s3_parallel, '4': s4_small, '5': s5_memory,
-            '6': s6_start, '7': s7_helper, '8': s8_intermediate, 'cargo': criterion}
+            '6': s6_start, '7': s7_helper, '8': s8_intermediate, '9': s9_stores,
+            'cargo': criterion}
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,6 +75,8 @@ def default_bin_dir() -> Path:
 
 def check_tools(args: argparse.Namespace) -> None:
     needed = ['curl', 'wrk', 'skopeo', 'umoci', 'docker-registry', 'openssl', 'htpasswd']
+    if '9' in args.only:
+        needed += ['swift-proxy-server', 'memcached', 'ceph-mon', 'ceph-osd', 'radosgw']
     missing = [t for t in needed if shutil.which(t) is None]
     for binary in ('speculum-registry', 'speculum'):
         if not (args.bin_dir / binary).exists():

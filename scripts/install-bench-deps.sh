@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs, and nothing that is already there:
 #   - Debian packages (the load generators, the peer registry, the image tools, the chart
-#     library), installed with apt-get only when `dpkg-query` says one is missing;
-#     `apt-get update` runs at most once;
+#     library, the object stores of section 9), installed with apt-get only when
+#     `dpkg-query` says one is missing; `apt-get update` runs at most once;
 #   - zuul-registry 1.3.0 from PyPI in a venv of its own, bench/out/zuul-registry-venv,
 #     made with Debian's python3 and installed only when its executable is missing.
 # Safe to run again and again: a second run changes nothing and takes about a second.
@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/apt.sh
 source scripts/lib/apt.sh
+# shellcheck source=scripts/lib/store-packages.sh
+source scripts/lib/store-packages.sh
 
 PACKAGES=(
     wrk                 # small-request load
@@ -21,6 +23,7 @@ PACKAGES=(
     openssl             # the peers' self-signed certificate
     python3-matplotlib  # the chart in doc/benchmarks.png
     python3-venv        # the zuul-registry venv below
+    "${STORE_PACKAGES[@]}"  # section 9: Swift and Ceph (scripts/lib/store-packages.sh)
 )
 
 install_missing install-bench-deps "${PACKAGES[@]}"

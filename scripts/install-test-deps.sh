@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/apt.sh
 source scripts/lib/apt.sh
+# shellcheck source=scripts/lib/store-packages.sh
+source scripts/lib/store-packages.sh
 
 PACKAGES=(
     skopeo podman buildah          # real clients
@@ -22,10 +24,7 @@ PACKAGES=(
     iproute2                       # ip netns
     openssl                        # certificate checks
     curl                           # bench readiness probes; S3 requests (--aws-sigv4)
-    swift swift-proxy swift-account swift-container swift-object  # scripts/stores/swift:
-    python3-swiftclient memcached  #   OpenStack Swift with s3api, the default S3 test store
-    xfsprogs                       #   mkfs.xfs, for a DIR on XFS if the host fs lacks xattrs
-    ceph-mon ceph-osd radosgw ceph-common  # scripts/stores/ceph: radosgw, strict S3
+    "${STORE_PACKAGES[@]}"         # scripts/stores/: Swift and Ceph (scripts/lib/store-packages.sh)
     shellcheck                     # lint scripts/
     python3-venv                   # the .venv below
     plantuml                       # make docs: the sequence diagram

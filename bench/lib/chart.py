@@ -12,7 +12,7 @@ from .results import Results
 HIGHER_IS_BETTER = {'GB/s', 'rps'}
 CHARTED = {'seconds', 'cpu_s', 'GB/s', 'rps', 'p99_ms', 'ms'}
 PEERS = ('distribution', 'zuul-registry')
-SECTIONS = ('1', '2', '3', '4', '6')
+SECTIONS = ('1', '2', '3', '4', '6', '9')
 
 
 def advantage(speculum: float | None, peer: float | None, metric: str) -> float | None:

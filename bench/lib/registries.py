@@ -4,9 +4,10 @@ settings: TLS (or plain HTTP), one write user, nothing else.
 - speculum: `speculum-registry buildset --listen 127.0.0.1:0 --info-file F
   --root DIR` (its own certificate and `zuul` password, read from F), or
   `speculum-registry serve --config F` where a section needs the
-  intermediate registry;
+  intermediate registry (section 8) or S3 storage (section 9);
 - distribution: Debian's `docker-registry serve config.yml`, htpasswd auth
-  (bcrypt) and the peers' self-signed certificate;
+  (bcrypt) and the peers' self-signed certificate; its file system driver,
+  or a `storage:` mapping of the section's (S3 in section 9);
 - zuul-registry 1.3.0 (PyPI venv): the config bench/registry.sh used, with a
   write user; TLS only here.
 """
@@ -91,6 +92,19 @@ def fresh_dir(env: Env, label: str) -> Path:
     return path
 
 
+def yaml_lines(mapping: dict, depth: int) -> list[str]:
+    """`mapping` as block YAML lines indented by `depth` levels; strings are
+    JSON-quoted, so a key like Swift's `test:tester` or an all-digit secret
+    stays a string."""
+    out = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out += [f'{"  " * depth}{key}:', *yaml_lines(value, depth + 1)]
+        else:
+            out.append(f'{"  " * depth}{key}: {json.dumps(value)}')
+    return out
+
+
 def prepare(env: Env) -> None:
     """The peers' self-signed certificate (IP SAN 127.0.0.1, not a CA) and
     htpasswd file."""
@@ -157,13 +171,19 @@ def start_speculum(env: Env, tls: bool = True, port: int = 0) -> Registry:
                     doc['username'], doc['password'], d / 'storage', ready)
 
 
-def start_distribution(env: Env, tls: bool = True, auth: bool = True, port: int = 0) -> Registry:
+def start_distribution(env: Env, tls: bool = True, auth: bool = True, port: int = 0,
+                       storage: dict | None = None, label: str = '') -> Registry:
+    """`storage`: the config's `storage:` mapping, else the file system;
+    `label` names the config in the report."""
     d = fresh_dir(env, 'distribution')
     port = port or free_port()
+    storage = storage or {'filesystem': {'rootdirectory': str(d / 'storage')},
+                          'delete': {'enabled': True}}
     lines = [
         'version: 0.1',
         'log: {level: error, accesslog: {disabled: true}}',
-        f'storage: {{filesystem: {{rootdirectory: {d / "storage"}}}, delete: {{enabled: true}}}}',
+        'storage:',
+        *yaml_lines(storage, 1),
         f'auth: {{htpasswd: {{realm: bench, path: {env.htpasswd}}}}}' if auth else '',
         'http:',
         f'  addr: 127.0.0.1:{port}',
@@ -172,9 +192,13 @@ def start_distribution(env: Env, tls: bool = True, auth: bool = True, port: int 
     if tls:
         lines.append(f'  tls: {{certificate: {env.peer_cert}, key: {env.peer_key}}}')
     (d / 'config.yml').write_text('\n'.join(line for line in lines if line) + '\n')
-    record.config(f'distribution{"" if auth else " (no auth)"}, {"TLS" if tls else "HTTP"}',
+    record.config(label or f'distribution{"" if auth else " (no auth)"}, {"TLS" if tls else "HTTP"}',
                   (d / 'config.yml').read_text())
-    server = Server('distribution', ['docker-registry', 'serve', d / 'config.yml'], d / 'log')
+    # aws-sdk-go reads $AWS_CA_BUNDLE (set on some machines) and then panics at the start of
+    # the s3 driver: distribution's HTTP transport is not the type it can add a CA to.
+    env_vars = {k: v for k, v in os.environ.items() if k != 'AWS_CA_BUNDLE'}
+    server = Server('distribution', ['docker-registry', 'serve', d / 'config.yml'], d / 'log',
+                    env=env_vars)
     ready = wait_ready(server, port, tls)
     return Registry(DISTRIBUTION, server, port, tls, env.peer_cert if tls else None,
                     env.peer_cert_dir if tls else None, env.user, env.password, d / 'storage',
@@ -216,23 +240,28 @@ def start_zuul(env: Env, tls: bool = True, port: int = 0) -> Registry:
                     env.user, env.password, d / 'storage', ready)
 
 
-def start_speculum_serve(env: Env) -> Registry:
-    """`speculum-registry serve`: TLS with the peers' certificate, a write user."""
+def start_speculum_serve(env: Env, storage: dict | None = None, kind: str = 'speculum serve',
+                         label: str = 'speculum-registry serve') -> Registry:
+    """`speculum-registry serve`: TLS with the peers' certificate, a write
+    user; `storage`: the config's `storage:` mapping, else the file system;
+    `kind` names it in the results, `label` its config in the report."""
     d = fresh_dir(env, 'speculum-serve')
     port = free_port()
+    storage = storage or {'driver': 'filesystem', 'root': str(d / 'storage')}
     config = d / 'registry.yaml'
-    config.write_text(f"""registry:
-  address: 127.0.0.1
-  port: {port}
-  tls-cert: {env.peer_cert}
-  tls-key: {env.peer_key}
-  users:
-    - {{name: {env.user}, pass: {env.password}, access: write}}
-  storage: {{driver: filesystem, root: {d / 'storage'}}}
-""")
-    record.config('speculum-registry serve', config.read_text())
+    config.write_text('\n'.join([
+        'registry:',
+        '  address: 127.0.0.1',
+        f'  port: {port}',
+        f'  tls-cert: {env.peer_cert}',
+        f'  tls-key: {env.peer_key}',
+        '  users:',
+        f'    - {{name: {env.user}, pass: {env.password}, access: write}}',
+        '  storage:',
+        *yaml_lines(storage, 2)]) + '\n')
+    record.config(label, config.read_text())
     server = Server('speculum serve', [env.bin_dir / 'speculum-registry', 'serve', '--config', config],
                     d / 'log')
     wait_ready(server, port, True)
-    return Registry('speculum serve', server, port, True, env.peer_cert, env.peer_cert_dir,
+    return Registry(kind, server, port, True, env.peer_cert, env.peer_cert_dir,
                     env.user, env.password, d / 'storage')

@@ -12,10 +12,10 @@ from .registries import ALL
 from .results import Results, ratio
 from .sections import (
     criterion, s1_blobs, s2_skopeo, s3_parallel, s4_small, s5_memory, s6_start, s7_helper,
-    s8_intermediate)
+    s8_intermediate, s9_stores)
 
 SECTIONS = [s1_blobs, s2_skopeo, s3_parallel, s4_small, s5_memory, s6_start, s7_helper,
-            s8_intermediate]
+            s8_intermediate, s9_stores]
 RATIOS = {'7': [('speculum', 'skopeo')], '8': [('speculum (lazy)', 'speculum (copy)')],
           '5': [('speculum', 'distribution'), ('speculum', 'zuul-registry')]}
 DEFAULT_RATIOS = [('speculum', 'distribution'), ('speculum', 'zuul-registry')]

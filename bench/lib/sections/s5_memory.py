@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..context import Bench
 
-TITLE = 'Peak memory (VmHWM) across sections 1-4 and 6-8'
+TITLE = 'Peak memory (VmHWM) across sections 1-4 and 6-9'
 SECTION = '5'
 
 
