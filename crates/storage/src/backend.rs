@@ -15,6 +15,8 @@
 //! or the set of blobs is one call, which keeps catalog and GC cheap.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -223,18 +225,48 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// Proof that a garbage collector holds a store's collector lock
-/// ([`Backend::try_lock_collector`]); dropping it releases the lock.
+/// ([`Backend::try_lock_collector`]). [`CollectorLock::release`] lets go of
+/// it and returns once others can take it; dropping it lets go too, as
+/// soon as the backend can (at once for a file lock; a store's lease needs
+/// a request, sent in the background).
 pub struct CollectorLock {
-    _held: Box<dyn std::any::Any + Send + Sync>,
+    held: Box<dyn HeldLock>,
 }
+
+/// What keeps a collector lock: dropping it releases the lock, and a
+/// backend whose release is a request also implements [`HeldLock::release`].
+pub trait HeldLock: Send + Sync + 'static {
+    /// Let go of the lock and wait until others can take it.
+    fn release(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        drop(self);
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// A lock kept by a value and released by dropping it.
+struct Dropped<T>(#[allow(dead_code)] T);
+
+impl<T: Send + Sync + 'static> HeldLock for Dropped<T> {}
 
 impl CollectorLock {
     /// A lock that `held` keeps until it is dropped (an open locked file, a
-    /// guard that clears a flag, a lease renewer).
+    /// guard that clears a flag).
     pub fn new(held: impl std::any::Any + Send + Sync) -> CollectorLock {
         CollectorLock {
-            _held: Box::new(held),
+            held: Box::new(Dropped(held)),
         }
+    }
+
+    /// A lock whose release is work to wait for (a lease in a store).
+    pub fn with_release(held: impl HeldLock) -> CollectorLock {
+        CollectorLock {
+            held: Box::new(held),
+        }
+    }
+
+    /// Let go of the lock; others can take it once this returns.
+    pub async fn release(self) {
+        self.held.release().await;
     }
 }
 

@@ -83,7 +83,7 @@ mod memory;
 mod registry;
 mod s3;
 
-pub use backend::{Backend, CollectorLock, Table, UploadId, UploadInfo, UploadWriter};
+pub use backend::{Backend, CollectorLock, HeldLock, Table, UploadId, UploadInfo, UploadWriter};
 pub use fs::{Durability, FsBackend};
 pub use memory::MemoryBackend;
 pub use registry::{

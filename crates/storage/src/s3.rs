@@ -615,7 +615,15 @@ mod tests {
     /// A registry in a fresh bucket of a real store (started once per test
     /// process by the testkit), under a prefix as a site would use.
     pub(crate) async fn open(store: &S3Store) -> (Registry, ()) {
-        let config = S3Config {
+        let backend = S3Backend::open(&config(store))
+            .await
+            .expect("the bucket answers");
+        (Registry::new(backend), ())
+    }
+
+    /// A fresh bucket of `store`, under a prefix as a site would use.
+    fn config(store: &S3Store) -> S3Config {
+        S3Config {
             bucket: store.fresh_bucket("conformance"),
             endpoint: Some(store.endpoint().to_owned()),
             region: store.region().to_owned(),
@@ -625,9 +633,7 @@ mod tests {
             secret_access_key: store.secret_access_key().to_owned(),
             ca_pem: None,
             part_size: S3Config::DEFAULT_PART_SIZE,
-        };
-        let backend = S3Backend::open(&config).await.expect("the bucket answers");
-        (Registry::new(backend), ())
+        }
     }
 
     /// A missing bucket or wrong credentials stop the start, naming the
@@ -657,6 +663,33 @@ mod tests {
         };
         let e = S3Backend::open(&wrong).await.err().expect("refused");
         assert!(e.to_string().contains("cannot list bucket"), "{e}");
+    }
+
+    /// Another process (another backend over the bucket) can collect as
+    /// soon as a collection returns: the lease is gone, not left to expire.
+    pub(crate) async fn lease_released_on_return(store: &S3Store) {
+        let config = config(store);
+        let registry = Registry::new(S3Backend::open(&config).await.unwrap());
+        let other = S3Backend::open(&config).await.unwrap();
+        registry
+            .prune(&crate::PruneOptions::default())
+            .await
+            .unwrap();
+        let lock = crate::Backend::try_lock_collector(&other).await.unwrap();
+        assert!(
+            lock.is_some(),
+            "the first collection's lease is still there"
+        );
+        // And while one holds it, the other process is refused at once.
+        assert!(matches!(
+            registry.prune(&crate::PruneOptions::default()).await,
+            Err(crate::Error::CollectionRunning)
+        ));
+        lock.unwrap().release().await;
+        registry
+            .prune(&crate::PruneOptions::default())
+            .await
+            .unwrap();
     }
 
     /// A pre-signed URL serves the blob, and only it, to a client without
@@ -704,6 +737,11 @@ mod tests {
         async fn refused_at_open() {
             super::refused_at_open(speculum_testkit::S3Store::swift()).await;
         }
+
+        #[tokio::test]
+        async fn lease_released_on_return() {
+            super::lease_released_on_return(speculum_testkit::S3Store::swift()).await;
+        }
     }
 
     /// Ceph RGW: strict S3.
@@ -718,6 +756,11 @@ mod tests {
         #[tokio::test]
         async fn refused_at_open() {
             super::refused_at_open(speculum_testkit::S3Store::ceph()).await;
+        }
+
+        #[tokio::test]
+        async fn lease_released_on_return() {
+            super::lease_released_on_return(speculum_testkit::S3Store::ceph()).await;
         }
     }
 }

@@ -389,7 +389,7 @@ impl Registry {
         let _one_at_a_time = self.inner.gc_run.lock().await;
         // And one at a time across processes; a dry run removes nothing and
         // needs no lock.
-        let _collector = if plan.dry_run {
+        let collector = if plan.dry_run {
             None
         } else {
             match self.backend_ref().try_lock_collector().await? {
@@ -397,6 +397,18 @@ impl Registry {
                 None => return Err(crate::Error::CollectionRunning),
             }
         };
+        let result = self.collect(plan).await;
+        // Released before returning, not on drop: a store's lease is
+        // removed by a request, which a `prune` about to exit would never
+        // send, leaving other collectors locked out until it expired.
+        if let Some(lock) = collector {
+            lock.release().await;
+        }
+        result
+    }
+
+    /// A collection, once it holds the collector lock.
+    async fn collect(&self, plan: &Plan<'_>) -> Result<GcReport> {
         let started = Instant::now();
         let mut report = GcReport {
             dry_run: plan.dry_run,

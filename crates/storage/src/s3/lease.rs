@@ -10,6 +10,8 @@
 //! well before it expires; a holder that dies leaves a lease that expires,
 //! so a crashed collector blocks the next one for at most [`TTL`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Bucket, lock, unix_secs};
 use crate::Result;
-use crate::backend::CollectorLock;
+use crate::backend::{CollectorLock, HeldLock};
 
 /// How long a lease lasts unless renewed.
 const TTL: Duration = Duration::from_secs(60);
@@ -69,10 +71,11 @@ pub(super) async fn acquire(bucket: &Arc<Bucket>) -> Result<Option<CollectorLock
     }
     lock(&bucket.leases).insert(holder.clone());
     let renewer = tokio::spawn(renew(bucket.clone(), holder.clone()));
-    Ok(Some(CollectorLock::new(Held {
+    Ok(Some(CollectorLock::with_release(Held {
         bucket: bucket.clone(),
         holder,
         renewer,
+        released: false,
     })))
 }
 
@@ -125,15 +128,29 @@ async fn release(bucket: Arc<Bucket>, holder: String) {
     }
 }
 
-/// The held lease: dropping it stops the renewal and removes the lease.
+/// The held lease: releasing it (or dropping it) stops the renewal and
+/// removes the lease.
 struct Held {
     bucket: Arc<Bucket>,
     holder: String,
     renewer: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+impl HeldLock for Held {
+    fn release(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        self.renewer.abort();
+        lock(&self.bucket.leases).remove(&self.holder);
+        self.released = true;
+        Box::pin(release(self.bucket.clone(), self.holder.clone()))
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
         self.renewer.abort();
         lock(&self.bucket.leases).remove(&self.holder);
         // This process treats the lease as free from now on (see
