@@ -7,14 +7,14 @@
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use speculum_server::{
-    BuildsetOptions, BuildsetServer, ConnectionLimits, IntermediateServer, Settings, prune_options,
+    BuildsetOptions, ConnectionLimits, RegistryInfo, RegistryServer, Settings, prune_options,
     run_prune, write_info_file,
 };
 
@@ -239,9 +239,9 @@ fn run(cli: Cli, settings: Option<Settings>, started: Instant) -> anyhow::Result
 
 async fn serve(settings: Settings, started: Instant) -> anyhow::Result<()> {
     let signals = Signals::install()?;
-    let server = IntermediateServer::start(&settings)
+    let server = RegistryServer::start(&settings)
         .await
-        .with_context(|| format!("cannot start the registry ({})", settings.source.display()))?;
+        .with_context(|| format!("cannot start the registry ({})", settings.source_name()))?;
     signals
         .serve_until_stopped(server.local_addr(), started)
         .await;
@@ -250,21 +250,16 @@ async fn serve(settings: Settings, started: Instant) -> anyhow::Result<()> {
 }
 
 async fn prune(args: PruneArgs, settings: Settings) -> anyhow::Result<()> {
-    let options = prune_options(&settings, args.dry_run)?;
-    anyhow::ensure!(
-        settings.storage_root.is_dir(),
-        "the storage root {} does not exist",
-        settings.storage_root.display()
-    );
-    let registry = speculum_storage::Registry::filesystem(&settings.storage_root)
+    let options = prune_options(&settings, args.dry_run);
+    let registry = speculum_server::open_existing_store(&settings.storage)
         .await
-        .with_context(|| format!("cannot open {}", settings.storage_root.display()))?;
+        .context("prune cannot open the store")?;
     let report = match run_prune(&registry, &options, None).await {
         Ok(report) => report,
         Err(speculum_storage::Error::CollectionRunning) => anyhow::bail!(
             "another garbage collection is running on {} (a `prune`, or the scheduled \
              collection of `serve`); nothing was removed, try again later",
-            settings.storage_root.display()
+            settings.storage
         ),
         Err(e) => return Err(anyhow::Error::new(e).context("prune failed")),
     };
@@ -356,22 +351,11 @@ async fn buildset(args: BuildsetArgs, started: Instant) -> anyhow::Result<()> {
     // sent right after the info appears is never missed.
     let signals = Signals::install()?;
 
-    let server = BuildsetServer::start(options)
+    let settings = Settings::buildset(options).context("cannot start the registry")?;
+    let server = RegistryServer::start(&settings)
         .await
         .context("cannot start the registry")?;
-    let published = match &args.info_file {
-        Some(path) => write_info_file(path, server.info())
-            .with_context(|| format!("cannot write the info file {}", path.display())),
-        None => serde_json::to_string(server.info())
-            .map(|json| {
-                #[allow(clippy::print_stdout)] // the info JSON is this command's output
-                {
-                    println!("{json}");
-                }
-            })
-            .context("cannot encode the info"),
-    };
-    if let Err(e) = published {
+    if let Err(e) = publish_info(args.info_file.as_deref(), server.info()) {
         server.shutdown().await;
         return Err(e);
     }
@@ -380,6 +364,24 @@ async fn buildset(args: BuildsetArgs, started: Instant) -> anyhow::Result<()> {
         .await;
     server.shutdown().await;
     Ok(())
+}
+
+/// Write the buildset registry's connection info to `info_file`, or to
+/// stdout.
+fn publish_info(info_file: Option<&Path>, info: Option<&RegistryInfo>) -> anyhow::Result<()> {
+    let info = info.context("the registry made no connection info")?;
+    match info_file {
+        Some(path) => write_info_file(path, info)
+            .with_context(|| format!("cannot write the info file {}", path.display())),
+        None => {
+            let json = serde_json::to_string(info).context("cannot encode the info")?;
+            #[allow(clippy::print_stdout)] // the info JSON is this command's output
+            {
+                println!("{json}");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// SIGTERM and SIGINT handlers, installed before a server announces readiness

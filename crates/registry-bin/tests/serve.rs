@@ -377,7 +377,7 @@ fn example_configs_parse() {
         let settings =
             speculum_server::Settings::parse(&text, &path, |name| Some(format!("value-of-{name}")))
                 .unwrap_or_else(|e| panic!("{e}"));
-        assert!(settings.listen.port() > 0);
+        assert!(settings.listen.addr.port() > 0);
         checked += 1;
     }
     assert!(checked >= 1);

@@ -249,5 +249,5 @@ fn pull_through_example_parses() {
     assert!(quay.is_match("prometheus/node-exporter"));
     assert!(quay.is_match("openstack.kolla/nova-api"));
     assert!(!quay.is_match("other/prometheus/x"));
-    assert!(settings.anonymous_read);
+    assert!(settings.auth.anonymous_read);
 }

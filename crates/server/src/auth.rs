@@ -38,6 +38,9 @@ use crate::token::{Claims, Grant, TokenKey};
 /// profile sets another.
 pub const DEFAULT_SERVICE: &str = "speculum";
 
+/// The default token lifetime.
+pub const DEFAULT_TOKEN_EXPIRY: Duration = Duration::from_secs(600);
+
 /// How long a successful password check is remembered, so bcrypt runs once
 /// per client and not once per request.
 const PASSWORD_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -420,7 +423,7 @@ impl AuthPolicy {
             key: TokenKey::new(
                 &rand::random::<[u8; 32]>(),
                 DEFAULT_SERVICE,
-                crate::config::DEFAULT_TOKEN_EXPIRY,
+                DEFAULT_TOKEN_EXPIRY,
             ),
             public_url: None,
             tls: false,

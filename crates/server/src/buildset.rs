@@ -1,29 +1,30 @@
-//! The buildset profile: an ephemeral registry for one Zuul buildset.
+//! The buildset profile: an ephemeral registry for one Zuul buildset, as
+//! [`Settings`] made in code ([`Settings::buildset`]) and started like any
+//! other ([`RegistryServer::start`](crate::RegistryServer::start)).
 //!
 //! Embedded defaults only: temporary storage, a generated certificate, a
 //! random password for one push user, anonymous pull. Once it accepts
-//! connections it describes itself as a [`RegistryInfo`], exactly the
-//! `buildset_registry` dict that zuul-jobs passes around.
+//! connections it describes itself as a [`RegistryInfo`](crate::RegistryInfo),
+//! exactly the `buildset_registry` dict that zuul-jobs passes around.
 //!
 //! It alone takes speculative-image registrations (`PUT
 //! /speculum/v1/speculative`, the push user only): the lazy pull of the
 //! images of the changes ahead (see the `speculative` module).
 
-use std::fmt;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
-use speculum_storage::Registry;
-use tokio::net::TcpListener;
+use speculum_storage::Durability;
 
-use crate::auth::AuthPolicy;
+use crate::auth::{Access, User};
+use crate::config::{
+    AuthSettings, FilesystemStorage, GcSettings, InfoSettings, ListenSettings, LogFormat,
+    MetricsSettings, Profile, Settings, StorageBackend, StorageSettings, TlsSettings,
+};
 use crate::limits::ConnectionLimits;
-use crate::serve::Server;
-use crate::tls::{TlsError, generate_certificate, server_config};
-use crate::{AppState, Speculative, router};
+use crate::notify::WebhookSettings;
+use crate::start::StartError;
 
 /// How to run a buildset registry.
 #[derive(Debug, Clone)]
@@ -73,205 +74,74 @@ impl Default for BuildsetOptions {
     }
 }
 
-/// How to reach a running buildset registry: the `buildset_registry` dict.
-#[derive(Clone, Serialize, PartialEq, Eq)]
-pub struct RegistryInfo {
-    /// Host name or IP address clients connect to.
-    pub host: String,
-    /// The port.
-    pub port: u16,
-    /// The push user.
-    pub username: String,
-    /// The push user's password.
-    pub password: String,
-    /// The CA certificate to trust, in PEM (empty over plain HTTP).
-    pub cert: String,
-}
-
-impl fmt::Debug for RegistryInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryInfo")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a buildset registry could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartError {
-    /// Binding the listener failed.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Preparing storage failed.
-    #[error("cannot prepare storage: {0}")]
-    Storage(String),
-    /// Generating the certificate or TLS config failed.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// Reading the password or the OS RNG failed.
-    #[error("cannot make the password: {0}")]
-    Password(String),
-    /// The configuration cannot be used.
-    #[error("{0}")]
-    Config(String),
-}
-
-/// A running buildset registry.
-#[derive(Debug)]
-pub struct BuildsetServer {
-    server: Server,
-    info: RegistryInfo,
-    root: PathBuf,
-    temp: Option<tempfile::TempDir>,
-    expiry: tokio::task::JoinHandle<()>,
-}
-
-impl BuildsetServer {
-    /// Prepare storage, generate the certificate and password, bind, and
-    /// start serving. When this returns, the registry accepts connections.
-    pub async fn start(options: BuildsetOptions) -> Result<BuildsetServer, StartError> {
-        let password = match options.password {
+impl Settings {
+    /// The settings of a buildset registry run with `options`; the
+    /// password is generated here when `options` has none.
+    pub fn buildset(options: BuildsetOptions) -> Result<Settings, StartError> {
+        let password = match options.password.clone() {
             Some(p) => p,
             None => generate_password()?,
         };
-        let (root, temp) = match &options.root {
-            Some(root) => {
-                std::fs::create_dir_all(root)
-                    .map_err(|e| StartError::Storage(format!("{}: {e}", root.display())))?;
-                (root.clone(), None)
-            }
-            None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("speculum-buildset-")
-                    .tempdir()
-                    .map_err(|e| StartError::Storage(e.to_string()))?;
-                (dir.path().to_path_buf(), Some(dir))
-            }
-        };
-        // A buildset registry's storage does not outlive its buildset, nor
-        // the node a power loss would end the buildset with: no flushes.
-        let registry = Registry::filesystem_with(&root, speculum_storage::Durability::PageCache)
-            .await
-            .map_err(|e| StartError::Storage(e.to_string()))?;
-        crate::intermediate::remove_stale_scratch(&registry).await;
-        let expiry = tokio::spawn(expire_uploads(registry.clone(), options.upload_max_age));
-
-        let (tls, cert) = if options.insecure_http {
-            (None, String::new())
-        } else {
-            let generated = generate_certificate(&options.hostnames, &options.ips)?;
-            (Some(server_config(&generated)?), generated.ca_pem)
-        };
-
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: options.listen,
-                    source,
-                })?;
-        // Tokens are signed with a random secret made now: they die with
-        // the registry.
-        let auth = AuthPolicy::buildset(options.username.clone(), password.as_bytes())
-            .with_tls(!options.insecure_http);
-        let state = AppState::new(registry, auth).with_speculative(Speculative::new());
-        let app = router(state);
-        let server =
-            Server::start_with(listener, app, tls, options.connections).map_err(|source| {
-                StartError::Bind {
-                    addr: options.listen,
-                    source,
-                }
-            })?;
-        let addr = server.local_addr();
-
         let host = options
             .hostnames
             .first()
             .cloned()
-            .or_else(|| options.ips.first().map(IpAddr::to_string))
-            .unwrap_or_else(|| {
-                if addr.ip().is_unspecified() {
-                    Ipv4Addr::LOCALHOST.to_string()
-                } else {
-                    addr.ip().to_string()
-                }
-            });
-        let info = RegistryInfo {
-            host,
-            port: addr.port(),
-            username: options.username,
-            password,
-            cert,
-        };
-        tracing::info!(
-            %addr,
-            tls = !options.insecure_http,
-            root = %root.display(),
-            temporary = temp.is_some(),
-            max_connections = options.connections.max_connections(),
-            "buildset registry ready"
-        );
-        Ok(BuildsetServer {
-            server,
-            info,
-            root,
-            temp,
-            expiry,
+            .or_else(|| options.ips.first().map(IpAddr::to_string));
+        let users = vec![User::plain(
+            options.username.clone(),
+            password.as_bytes(),
+            Access::Write,
+        )];
+        Ok(Settings {
+            source: None,
+            profile: Profile::Buildset,
+            listen: buildset_listen(&options),
+            // Tokens are signed with a random secret made at start: they
+            // die with the registry.
+            auth: AuthSettings::new(users, true),
+            storage: StorageSettings::new(StorageBackend::Filesystem(FilesystemStorage {
+                root: options.root,
+                // A buildset registry's storage does not outlive its
+                // buildset, nor the node a power loss would end the
+                // buildset with: no flushes.
+                durability: Durability::PageCache,
+            })),
+            retention: Vec::new(),
+            // No collection: the upload sweep is its only cleanup.
+            gc: GcSettings {
+                upload_max_age: options.upload_max_age,
+                sweep_uploads: true,
+                ..GcSettings::default()
+            },
+            webhooks: WebhookSettings::default(),
+            upstreams: Vec::new(),
+            metrics: MetricsSettings {
+                serve: true,
+                storage_figures: false,
+            },
+            log_format: LogFormat::default(),
+            speculative: true,
+            info: Some(InfoSettings {
+                host,
+                username: options.username,
+                password,
+            }),
         })
-    }
-
-    /// The connection info.
-    pub fn info(&self) -> &RegistryInfo {
-        &self.info
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Where storage lives.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Stop serving, then remove temporary storage.
-    pub async fn shutdown(self) {
-        self.expiry.abort();
-        self.server.shutdown().await;
-        if let Some(temp) = self.temp {
-            let path = temp.path().to_path_buf();
-            if let Err(e) = temp.close() {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove temporary storage");
-            }
-        }
-        tracing::info!("buildset registry stopped");
     }
 }
 
-/// Remove abandoned upload sessions, as `serve`'s collection does, for as
-/// long as the registry runs: checked every quarter of `max_age` (at least
-/// a second, at most ten minutes), so a session goes at most that late.
-async fn expire_uploads(registry: Registry, max_age: Duration) {
-    let period = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
-    loop {
-        tokio::time::sleep(period).await;
-        match registry.expire_uploads(max_age).await {
-            Ok(ids) if ids.is_empty() => {}
-            Ok(ids) => tracing::info!(count = ids.len(), "abandoned uploads removed"),
-            Err(e) => tracing::error!(error = %e, "cannot remove abandoned uploads"),
-        }
+/// TLS with a certificate generated for the given names, unless plain HTTP
+/// was asked for.
+fn buildset_listen(options: &BuildsetOptions) -> ListenSettings {
+    let mut listen = ListenSettings::new(options.listen);
+    listen.connections = options.connections;
+    if !options.insecure_http {
+        listen.tls = TlsSettings::Generated {
+            hostnames: options.hostnames.clone(),
+            ips: options.ips.clone(),
+        };
     }
+    listen
 }
 
 /// 32 alphanumeric characters from the OS RNG.
@@ -291,29 +161,6 @@ fn generate_password() -> Result<String, StartError> {
         }
     }
     Ok(out)
-}
-
-/// Write `info` as JSON to `path` with mode 0600, atomically: a temporary
-/// file in the same directory, then a rename, so readers never see half of it.
-/// (No fsync: the file describes a process that would not survive a crash.)
-pub fn write_info_file(path: &Path, info: &RegistryInfo) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".speculum-info-")
-        .tempfile_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    serde_json::to_writer(&mut tmp, info)?;
-    tmp.write_all(b"\n")?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

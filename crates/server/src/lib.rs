@@ -6,6 +6,13 @@
 //! [`AuthPolicy`], and calls one handler per resource; handlers call storage;
 //! every failure becomes an [`ApiError`] in one module.
 //!
+//! Starting: a typed [`Settings`] value, read from the config file
+//! ([`Settings::load`]) or made for a buildset ([`Settings::buildset`]), is
+//! the one input of [`RegistryServer::start`]. `config` validates, `start`
+//! serves; config sections are owned by `auth`, `notify`, `upstream` and
+//! `limits`, which import neither `config` nor one another's config, and
+//! share the leaf module `value`.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use speculum_server::{AppState, AuthPolicy, router};
@@ -29,16 +36,19 @@ mod drain;
 mod error;
 pub mod fdlimit;
 mod handlers;
-mod intermediate;
+mod housekeeping;
+mod info;
 mod limits;
 mod metrics;
 mod notify;
 mod route;
 mod serve;
 mod speculative;
+mod start;
 mod tls;
 pub mod token;
 mod upstream;
+mod value;
 mod watchdog;
 
 use std::sync::Arc;
@@ -51,13 +61,11 @@ use axum::response::{IntoResponse, Response};
 use speculum_storage::Registry;
 
 pub use auth::{Access, Action, AuthPolicy, DEFAULT_SERVICE, Identity, User};
-pub use buildset::{
-    BUILDSET_UPLOAD_MAX_AGE, BuildsetOptions, BuildsetServer, RegistryInfo, StartError,
-    write_info_file,
-};
+pub use buildset::{BUILDSET_UPLOAD_MAX_AGE, BuildsetOptions};
 pub use config::{ConfigError, LogFormat, Settings};
 pub use error::{ApiError, ApiResult};
-pub use intermediate::{IntermediateServer, prune_options, run_prune};
+pub use housekeeping::{prune_options, run_prune};
+pub use info::{RegistryInfo, write_info_file};
 pub use limits::{ConnectionLimits, default_max_connections};
 pub use metrics::{Collector, Exposition, Metrics, StorageFigures};
 pub use notify::{
@@ -68,6 +76,7 @@ pub use notify::{
 };
 pub use serve::Server;
 pub use speculative::Speculative;
+pub use start::{RegistryServer, StartError, open_existing_store};
 pub use tls::{
     GeneratedCert, TlsError, generate_certificate, server_config, server_config_from_files,
 };
@@ -95,6 +104,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     serve_metrics: bool,
     uploads_per_user: usize,
+    /// Blob GETs answer 307 to the store's pre-signed URL when it has one.
+    redirect_blobs: bool,
 }
 
 /// How many upload sessions one user may have open by default: far more
@@ -115,6 +126,7 @@ impl AppState {
                 metrics: Metrics::new(),
                 serve_metrics: true,
                 uploads_per_user: DEFAULT_UPLOADS_PER_USER,
+                redirect_blobs: false,
             }),
         }
     }
@@ -145,6 +157,22 @@ impl AppState {
     /// How many upload sessions each user may have open.
     pub(crate) fn uploads_per_user(&self) -> usize {
         self.inner.uploads_per_user
+    }
+
+    /// The same state, sending blob GETs to the store's pre-signed URLs
+    /// ([`speculum_storage::Backend::blob_url`]) when `on`.
+    pub fn with_blob_redirects(self, on: bool) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                redirect_blobs: on,
+                ..(*self.inner).clone()
+            }),
+        }
+    }
+
+    /// Whether blob GETs may be redirected to the store.
+    pub(crate) fn redirect_blobs(&self) -> bool {
+        self.inner.redirect_blobs
     }
 
     /// The metrics.

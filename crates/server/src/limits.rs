@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::DurationValue;
+use crate::value::DurationValue;
 
 /// Limits on each connection, and on how many are served at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,9 +10,16 @@ use std::sync::Arc;
 use base64::Engine as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
-use speculum_server::{BuildsetOptions, BuildsetServer, RegistryInfo, write_info_file};
+use speculum_server::{BuildsetOptions, RegistryInfo, RegistryServer, Settings, write_info_file};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+
+/// A buildset registry run with `options`, started as `speculum-registry
+/// buildset` starts it.
+async fn start(options: BuildsetOptions) -> RegistryServer {
+    let settings = Settings::buildset(options).unwrap();
+    RegistryServer::start(&settings).await.unwrap()
+}
 
 /// One HTTP/1.1 request with `Connection: close`; returns the raw response.
 async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request_head: &str) -> String {
@@ -57,13 +64,13 @@ async fn buildset_over_tls() {
         ips: vec!["192.0.2.7".parse().unwrap()],
         ..BuildsetOptions::default()
     };
-    let server = BuildsetServer::start(options).await.unwrap();
+    let server = start(options).await;
     let addr = server.local_addr();
     assert_ne!(addr.port(), 0);
-    let root = server.root().to_path_buf();
+    let root = server.root().unwrap().to_path_buf();
     assert!(root.exists());
 
-    let info = server.info().clone();
+    let info = server.info().unwrap().clone();
     assert_eq!(info.host, "registry.example");
     assert_eq!(info.port, addr.port());
     assert_eq!(info.username, "zuul");
@@ -172,8 +179,8 @@ async fn buildset_plain_http_ipv6_and_fixed_password() {
         insecure_http: true,
         ..BuildsetOptions::default()
     };
-    let server = BuildsetServer::start(options).await.unwrap();
-    let info = server.info().clone();
+    let server = start(options).await;
+    let info = server.info().unwrap().clone();
     assert_eq!(info.host, "::1");
     assert_eq!(info.username, "pusher");
     assert_eq!(info.password, "fixed");
@@ -205,7 +212,7 @@ async fn buildset_expires_abandoned_uploads() {
         upload_max_age: std::time::Duration::from_secs(2),
         ..BuildsetOptions::default()
     };
-    let server = BuildsetServer::start(options).await.unwrap();
+    let server = start(options).await;
     let auth = base64::engine::general_purpose::STANDARD.encode("zuul:pw");
     let addr = server.local_addr();
     let request = |head: String| async move {

@@ -21,8 +21,8 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use speculum_oci::{Digest, media_type};
 use speculum_server::{
-    AppState, AuthPolicy, IntermediateServer, Notifier, NotifierOptions, SIGNATURE_HEADER,
-    Settings, WebhooksConfig, router, webhook_signature,
+    AppState, AuthPolicy, Notifier, NotifierOptions, RegistryServer, SIGNATURE_HEADER, Settings,
+    WebhooksConfig, router, webhook_signature,
 };
 use speculum_storage::Registry;
 use tokio::net::TcpListener;
@@ -660,7 +660,7 @@ registry:
     let path = dir.path().join("registry.yaml");
     let settings = Settings::parse(&yaml, &path, |_| None).unwrap();
     assert_eq!(settings.webhooks.queue_dir, dir.path().join("queue"));
-    let server = IntermediateServer::start(&settings).await.unwrap();
+    let server = RegistryServer::start(&settings).await.unwrap();
     let reg = Registryd {
         app: router(server.state().clone()),
         notifier: server.state().notifier().clone(),
@@ -671,7 +671,10 @@ registry:
     assert_eq!(got[0].uri.query(), Some("token=t0k"));
     let body = got[0].json();
     assert_eq!(body["repository"]["repo_name"], "myorg/app");
-    assert_eq!(body["repository"]["is_private"], !settings.anonymous_read);
+    assert_eq!(
+        body["repository"]["is_private"],
+        !settings.auth.anonymous_read
+    );
     assert_eq!(
         body["repository"]["repo_url"],
         "https://ir.example.org/v2/myorg/app/tags/list"

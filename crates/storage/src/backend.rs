@@ -130,6 +130,19 @@ pub trait Backend: Send + Sync + 'static {
     async fn read_blob(&self, digest: &Digest, offset: u64, len: u64)
     -> Result<Option<BodyStream>>;
 
+    /// A URL from which a client can fetch the blob itself for the next
+    /// `valid_for` (a pre-signed object-store URL), or `None` when the
+    /// backend has none or the blob is not stored: the server then streams
+    /// the blob. Only a backend whose store clients can reach has one.
+    async fn blob_url(
+        &self,
+        digest: &Digest,
+        valid_for: std::time::Duration,
+    ) -> Result<Option<String>> {
+        let _ = (digest, valid_for);
+        Ok(None)
+    }
+
     /// Store a small blob whose digest the caller has verified. Storing a
     /// blob that exists already is not an error.
     async fn write_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()>;

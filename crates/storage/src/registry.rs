@@ -362,6 +362,18 @@ impl Registry {
         range: Option<ByteRange>,
     ) -> Result<BlobBody> {
         let size = self.stat_blob(repo, digest).await?;
+        self.open_blob(digest, size, range).await
+    }
+
+    /// [`Registry::read_blob`] for a caller that has just checked the blob
+    /// with [`Registry::stat_blob`] (the size it returned): one store
+    /// lookup fewer on every blob GET.
+    pub async fn open_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        range: Option<ByteRange>,
+    ) -> Result<BlobBody> {
         let last = size.saturating_sub(1);
         let (start, end) = match range {
             None => (0, last),

@@ -42,7 +42,7 @@ use crate::{BodyStream, Error, Result};
 /// Where an [`S3Backend`] stores, and how it signs in. Built by the server
 /// from its `storage:` settings, which read secrets from the environment
 /// or files.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Config {
     /// The bucket, which must exist.
     pub bucket: String,
@@ -124,14 +124,21 @@ impl S3Backend {
             leases: Mutex::default(),
             releases: Mutex::default(),
         });
-        // Fail at start, naming the bucket, rather than at the first push.
-        let probe = bucket.layout.collector();
-        found(bucket.s3.head(&probe).await).map_err(|e| {
-            Error::Io(std::io::Error::other(format!(
-                "cannot reach bucket {:?}: {e}",
-                config.bucket
-            )))
-        })?;
+        // Fail at start, naming the bucket, rather than at the first push:
+        // a listing fails for a missing bucket or refused credentials,
+        // where a read of one key would just find nothing.
+        let probe = bucket.layout.uploads_dir();
+        bucket
+            .s3
+            .list_with_delimiter(Some(&probe))
+            .await
+            .map_err(|e| {
+                Error::Io(std::io::Error::other(format!(
+                    "cannot list bucket {:?} at {}: {e}",
+                    config.bucket,
+                    config.endpoint.as_deref().unwrap_or("AWS")
+                )))
+            })?;
         Ok(S3Backend { bucket })
     }
 }
@@ -325,6 +332,19 @@ impl Backend for S3Backend {
         len: u64,
     ) -> Result<Option<BodyStream>> {
         self.bucket.read(digest, offset, len).await
+    }
+
+    async fn blob_url(&self, digest: &Digest, valid_for: Duration) -> Result<Option<String>> {
+        use object_store::signer::{Method, Signer as _};
+        let b = &self.bucket;
+        let Some(entry) = b.entry(digest).await? else {
+            return Ok(None);
+        };
+        let url =
+            b.s3.signed_url(Method::GET, &b.layout.data(&entry.data), valid_for)
+                .await
+                .map_err(store_error)?;
+        Ok(Some(url.to_string()))
     }
 
     async fn write_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
@@ -610,13 +630,94 @@ mod tests {
         (Registry::new(backend), ())
     }
 
+    /// A missing bucket or wrong credentials stop the start, naming the
+    /// bucket.
+    pub(crate) async fn refused_at_open(store: &S3Store) {
+        let good = S3Config {
+            bucket: store.fresh_bucket("refused"),
+            endpoint: Some(store.endpoint().to_owned()),
+            region: store.region().to_owned(),
+            prefix: String::new(),
+            path_style: true,
+            access_key_id: store.access_key_id().to_owned(),
+            secret_access_key: store.secret_access_key().to_owned(),
+            ca_pem: None,
+            part_size: S3Config::DEFAULT_PART_SIZE,
+        };
+        assert!(S3Backend::open(&good).await.is_ok());
+        let missing = S3Config {
+            bucket: "no-such-bucket-here".into(),
+            ..good.clone()
+        };
+        let e = S3Backend::open(&missing).await.err().expect("refused");
+        assert!(e.to_string().contains("no-such-bucket-here"), "{e}");
+        let wrong = S3Config {
+            secret_access_key: "not-the-secret".into(),
+            ..good
+        };
+        let e = S3Backend::open(&wrong).await.err().expect("refused");
+        assert!(e.to_string().contains("cannot list bucket"), "{e}");
+    }
+
+    /// A pre-signed URL serves the blob, and only it, to a client without
+    /// credentials.
+    pub(crate) async fn blob_urls(store: &S3Store) {
+        use std::time::Duration;
+
+        let (registry, ()) = open(store).await;
+        let be = registry.backend();
+        let data = bytes::Bytes::from_static(b"fetched straight from the store");
+        let d = speculum_oci::Digest::sha256(&data);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(be.blob_url(&d, hour).await.unwrap(), None);
+        be.write_blob(&d, data.clone()).await.unwrap();
+        let url = be.blob_url(&d, hour).await.unwrap().expect("a URL");
+        let got = std::process::Command::new("curl")
+            .args(["-sSf", "--max-time", "30", &url])
+            .output()
+            .unwrap();
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        assert_eq!(got.stdout, data);
+        // The signature covers the object: another key is refused.
+        let other = url.replacen("/data/", "/data/x", 1);
+        let refused = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &other])
+            .output()
+            .unwrap();
+        assert_eq!(refused.stdout, b"403");
+    }
+
     /// OpenStack Swift through its s3api, three replicas.
     mod swift {
         crate::conformance_tests!(super::open(speculum_testkit::S3Store::swift()));
+
+        #[tokio::test]
+        async fn blob_urls() {
+            super::blob_urls(speculum_testkit::S3Store::swift()).await;
+        }
+
+        #[tokio::test]
+        async fn refused_at_open() {
+            super::refused_at_open(speculum_testkit::S3Store::swift()).await;
+        }
     }
 
     /// Ceph RGW: strict S3.
     mod ceph {
         crate::conformance_tests!(super::open(speculum_testkit::S3Store::ceph()));
+
+        #[tokio::test]
+        async fn blob_urls() {
+            super::blob_urls(speculum_testkit::S3Store::ceph()).await;
+        }
+
+        #[tokio::test]
+        async fn refused_at_open() {
+            super::refused_at_open(speculum_testkit::S3Store::ceph()).await;
+        }
     }
 }

@@ -12,6 +12,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
 use crate::speculative::StreamedBlob;
 
+/// How long a redirect to the store's pre-signed URL stays valid: enough
+/// for a slow client to start, short enough that a leaked URL soon dies.
+const REDIRECT_VALID_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A `Range` request header resolved against a blob's size.
 enum Wanted {
     Whole,
@@ -89,6 +93,19 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Respo
         .await?;
     let size = registry.stat_blob(&repo.stored, &digest).await?;
     let digest_value = hv(digest.to_string())?;
+    if !is_head
+        && ctx.state.redirect_blobs()
+        && let Some(url) = registry
+            .backend()
+            .blob_url(&digest, REDIRECT_VALID_FOR)
+            .await?
+    {
+        let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::LOCATION, hv(url)?);
+        headers.insert(DOCKER_CONTENT_DIGEST, digest_value);
+        return Ok(response);
+    }
     let range = match ctx.header(header::RANGE) {
         Some(v) if !is_head => wanted(v, size),
         _ => Wanted::Whole,
@@ -105,7 +122,7 @@ pub(crate) async fn get(ctx: &Ctx, repo: &Repo, digest: &str) -> ApiResult<Respo
     let mut response = if is_head {
         StatusCode::OK.into_response()
     } else {
-        let blob = registry.read_blob(&repo.stored, &digest, range).await?;
+        let blob = registry.open_blob(&digest, size, range).await?;
         let length = if blob.size == 0 {
             0
         } else {

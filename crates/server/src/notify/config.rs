@@ -181,7 +181,7 @@ pub enum Format {
     Dockerhub,
 }
 
-/// Durations as a number of seconds or text ([`crate::config::parse_duration`]).
+/// Durations as a number of seconds or text ([`crate::value::parse_duration`]).
 mod duration_opt {
     use std::time::Duration;
 
@@ -200,7 +200,7 @@ mod duration_opt {
         match Option::<Raw>::deserialize(d)? {
             None => Ok(None),
             Some(Raw::Secs(s)) => Ok(Some(Duration::from_secs(s))),
-            Some(Raw::Text(t)) => crate::config::parse_duration(&t)
+            Some(Raw::Text(t)) => crate::value::parse_duration(&t)
                 .map(Some)
                 .map_err(serde::de::Error::custom),
         }
@@ -223,8 +223,8 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
 }
 
-/// The checked webhook settings.
-#[derive(Debug, Clone)]
+/// The checked webhook settings (the default: no endpoints).
+#[derive(Debug, Clone, Default)]
 pub struct WebhookSettings {
     /// The directory of the queues.
     pub queue_dir: PathBuf,
@@ -326,8 +326,7 @@ fn config_error(key: String, message: impl Into<String>) -> NotifyError {
 
 /// A regex that must match the whole text.
 fn anchored(key: String, pattern: &str) -> Result<Regex, NotifyError> {
-    crate::config::whole_match(pattern)
-        .map_err(|e| config_error(key, format!("invalid regex: {e}")))
+    crate::value::whole_match(pattern).map_err(|e| config_error(key, format!("invalid regex: {e}")))
 }
 
 fn read_file(key: String, path: &Path) -> Result<Vec<u8>, NotifyError> {

@@ -10,7 +10,10 @@
 //!
 //! A file is written to a temporary name, synced, renamed into place and the
 //! directory synced, so once [`Queue::push`] returns the delivery survives a
-//! crash. The number in front of the name grows with every push (it resumes
+//! crash. One process owns a queue: it holds an exclusive `flock` on
+//! `.lock` in it, so that two registry processes given the same directory
+//! (several processes on one machine sharing a config) refuse to start
+//! rather than deliver each other's events twice. The number in front of the name grows with every push (it resumes
 //! after the largest one found on open), so name order is creation order.
 
 use std::fs;
@@ -22,12 +25,33 @@ use super::event::Event;
 
 const DEAD: &str = "dead";
 const TMP_PREFIX: &str = ".tmp-";
+const LOCK: &str = ".lock";
 
 /// A directory of pending deliveries.
 #[derive(Debug)]
 pub(crate) struct Queue {
     dir: PathBuf,
     next: AtomicU64,
+    /// Holds the directory's lock while the queue lives.
+    _lock: fs::File,
+}
+
+/// Take the queue directory's lock, or fail saying who has it.
+fn lock(dir: &Path) -> io::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "another registry process delivers from this queue; give each process its own \
+             webhooks.queue-dir",
+        )),
+        Err(e) => Err(io::Error::from(e)),
+    }
 }
 
 impl Queue {
@@ -35,6 +59,7 @@ impl Queue {
     /// the number of deliveries pending in it.
     pub(crate) fn open(dir: PathBuf) -> io::Result<(Queue, u64)> {
         fs::create_dir_all(&dir)?;
+        let lock = lock(&dir)?;
         let mut max = 0;
         let mut pending = 0;
         for entry in fs::read_dir(&dir)? {
@@ -53,6 +78,7 @@ impl Queue {
             Queue {
                 dir,
                 next: AtomicU64::new(max + 1),
+                _lock: lock,
             },
             pending,
         ))
@@ -172,6 +198,19 @@ mod tests {
     }
 
     #[test]
+    fn one_process_per_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let qdir = dir.path().join("ep");
+        let (q, _) = Queue::open(qdir.clone()).unwrap();
+        let e = Queue::open(qdir.clone()).unwrap_err();
+        assert!(e.to_string().contains("queue-dir"), "{e}");
+        drop(q);
+        let (q, pending) = Queue::open(qdir).unwrap();
+        assert_eq!(pending, 0);
+        assert!(q.list().unwrap().is_empty());
+    }
+
+    #[test]
     fn order_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let qdir = dir.path().join("ep");
@@ -202,6 +241,7 @@ mod tests {
         let buried = q.bury(&q.list().unwrap()[0]).unwrap();
         assert!(buried.starts_with(qdir.join("dead")));
         assert_eq!(q.list().unwrap().len(), 11);
+        drop(q);
         assert_eq!(Queue::open(qdir).unwrap().1, 11);
     }
 }

@@ -92,7 +92,7 @@ impl TtlValue {
     fn duration(&self) -> Result<Duration, String> {
         match self {
             TtlValue::Seconds(s) => Ok(Duration::from_secs(*s)),
-            TtlValue::Text(text) => crate::config::parse_duration(text),
+            TtlValue::Text(text) => crate::value::parse_duration(text),
         }
     }
 }
@@ -338,7 +338,7 @@ pub fn validate_upstreams(
 
 /// A full-match regex for repository names.
 fn repositories_regex(pattern: &str) -> Result<regex::Regex, String> {
-    crate::config::whole_match(pattern).map_err(|e| format!("invalid regex: {e}"))
+    crate::value::whole_match(pattern).map_err(|e| format!("invalid regex: {e}"))
 }
 
 /// `docker.io` for any Docker Hub alias, else a lowercase host name.
@@ -501,51 +501,6 @@ mod tests {
         ];
         let e = validate_upstreams(&dup, None).unwrap_err();
         assert_eq!(e.key, "upstreams[1].namespace");
-    }
-
-    #[test]
-    fn the_serve_config_takes_an_upstreams_list() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("hub-token"), "tok\n").unwrap();
-        let yaml = r#"
-registry:
-  address: 127.0.0.1
-  port: 5000
-  storage: {driver: filesystem, root: store}
-  upstreams:
-    - namespace: docker.io
-      url: https://registry-1.docker.io
-      username: mirror
-      password-file: hub-token
-      tag-ttl: 10m
-      repositories: "library/.*"
-    - namespace: quay.io
-      url: https://quay.io
-      tag-ttl: 60
-"#;
-        let path = dir.path().join("serve.yaml");
-        let s = crate::config::Settings::parse(yaml, &path, |_| None).unwrap();
-        assert_eq!(s.upstreams.len(), 2);
-        assert_eq!(s.upstreams[0].namespace, "docker.io");
-        assert_eq!(
-            s.upstreams[0].credentials,
-            Some(("mirror".into(), "tok".into()))
-        );
-        assert_eq!(s.upstreams[0].tag_ttl, Duration::from_secs(600));
-        assert_eq!(s.upstreams[1].tag_ttl, Duration::from_secs(60));
-
-        // No upstreams: the default.
-        let bare = yaml.split("  upstreams:").next().unwrap();
-        let s = crate::config::Settings::parse(bare, &path, |_| None).unwrap();
-        assert!(s.upstreams.is_empty());
-
-        // Errors name the key under `registry.`.
-        let bad = yaml.replace("tag-ttl: 60", "tag-ttl: soon");
-        let e = crate::config::Settings::parse(&bad, &path, |_| None).unwrap_err();
-        assert_eq!(e.key(), Some("registry.upstreams[1].tag-ttl"), "{e}");
-        let bad = yaml.replace("tag-ttl: 60", "tagttl: 60");
-        let e = crate::config::Settings::parse(&bad, &path, |_| None).unwrap_err();
-        assert!(e.to_string().contains("tagttl"), "{e}");
     }
 
     #[test]
