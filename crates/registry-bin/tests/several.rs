@@ -120,8 +120,11 @@ impl Cluster {
         }
         out.push_str("--- haproxy ---\n");
         out.push_str(&tail(&self.proxy.log(), 40));
-        out.push_str(&format!("--- {} store ---\n", self.store.store()));
-        out.push_str(&self.store.log_tails());
+        out.push_str(&format!(
+            "--- the {} store's logs are in {} ---\n",
+            self.store.store(),
+            self.store.dir().join("log").display()
+        ));
         out
     }
 
@@ -499,14 +502,21 @@ fn killed_process_mid_push_leaves_nothing_partial(store: &'static S3Store) {
         let proxy_host = proxy_host.clone();
         thread::spawn(move || push(&image, &proxy_host, "crash/big:v1"))
     };
-    // Kill the first process seen receiving an upload request.
+    // Kill the first process seen receiving a layer's bytes: an upload
+    // request in flight, and request bytes arriving since the last look.
     let ports = c.ports();
-    let gauge = "speculum_upload_requests_in_flight";
+    let bytes_in = |port| metric(port, "speculum_http_request_bytes_total");
+    let mut last: Vec<u64> = ports.iter().map(|&p| bytes_in(p)).collect();
     let start = Instant::now();
     let victim = loop {
-        if let Some(i) = ports.iter().position(|&p| metric(p, gauge) > 0) {
+        let now: Vec<u64> = ports.iter().map(|&p| bytes_in(p)).collect();
+        let streaming = (0..ports.len()).find(|&i| {
+            now[i] > last[i] && metric(ports[i], "speculum_upload_requests_in_flight") > 0
+        });
+        if let Some(i) = streaming {
             break i;
         }
+        last = now;
         assert!(
             !first.is_finished(),
             "the push ended before any process was seen receiving an upload: \
@@ -677,10 +687,9 @@ fn make_garbage(port: u16, repo: &str, seed: &str) -> String {
 
 /// Two `prune`s started together from two processes' configs: exactly one
 /// collects (and removes the garbage), the other says another collection
-/// runs and removes nothing. Then prunes again and again from one process
-/// while pushes go to the two others: every acknowledged push stays whole
-/// on every process, and the garbage is still collected.
-fn one_collection_at_a_time_and_none_loses_a_push(store: &'static S3Store) {
+/// runs and removes nothing. Once it has exited, a prune from a third
+/// process collects.
+fn one_collection_at_a_time(store: &'static S3Store) {
     let c = Cluster::start(store, 3, "  gc: {grace: 2s}\n");
     let ports = c.ports();
     let kept = push_small_image(ports[0], "gc/app", "kept", "kept").unwrap();
@@ -753,63 +762,113 @@ fn one_collection_at_a_time_and_none_loses_a_push(store: &'static S3Store) {
         assert_eq!(check_pushed(port, &kept), None);
     }
 
-    // Pushes through p0 and p1 while p2's config prunes, over and over.
+    // The collection is over and its process gone: the next one, from a
+    // third process, collects (the lease was let go of, not left to expire).
+    let out = prune(&c.configs[2]);
+    if !out.success() {
+        let lease = run(
+            &mut c
+                .store
+                .curl("GET", &format!("/{}/registry/collector", c.bucket)),
+            Duration::from_secs(60),
+        );
+        panic!(
+            "a prune after the last one exited was refused: {}\nthe lease in the bucket: {}",
+            out.describe(),
+            lease.describe()
+        );
+    }
+
+    c.stop();
+}
+
+/// Pushes through two processes while the third collects every second
+/// (`gc.interval`, grace 4 s): every acknowledged push stays whole on every
+/// process, and garbage made meanwhile is still collected.
+fn collection_never_loses_another_process_push(store: &'static S3Store) {
+    let mut c = Cluster::start(store, 2, "  gc: {grace: 4s}\n");
+    // The collecting process, on the same bucket.
+    let own = c.dir.path().join("p2");
+    std::fs::create_dir_all(&own).unwrap();
+    let port = free_port();
+    let config = own.join("registry.yaml");
+    let text = std::fs::read_to_string(&c.configs[0])
+        .unwrap()
+        .replace(
+            &format!("port: {}", c.serves[0].port),
+            &format!("port: {port}"),
+        )
+        .replace("gc: {grace: 4s}", "gc: {interval: 1s, grace: 4s}");
+    std::fs::write(&config, text).unwrap();
+    c.serves.push(Serve::start(&config, port, &[]));
+    c.configs.push(config);
+    let ports = c.ports();
+    let runs = |port| metric(port, "speculum_gc_runs_total");
+
     let done = Arc::new(AtomicBool::new(false));
     let pusher = {
         let done = done.clone();
         let ports = ports.clone();
         thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(45);
+            let deadline = Instant::now() + Duration::from_secs(30);
             let mut pushed = Vec::new();
             let mut refused = 0;
-            for i in 0..60 {
-                if Instant::now() > deadline {
-                    break;
-                }
+            let mut i = 0;
+            while Instant::now() < deadline {
                 let port = ports[i % 2];
                 let repo = format!("gc/r{}", i % 4);
                 match push_small_image(port, &repo, &format!("t{i}"), &format!("pushed-{i}")) {
                     Some(image) => pushed.push(image),
                     None => refused += 1,
                 }
+                i += 1;
                 thread::sleep(Duration::from_millis(50));
             }
             done.store(true, Ordering::SeqCst);
             (pushed, refused)
         })
     };
+    // Fresh garbage now and then, which a later collection must take.
     let mut garbage = Vec::new();
-    let mut prunes = 0;
+    let runs_before = runs(ports[2]);
     while !done.load(Ordering::SeqCst) {
-        // Fresh garbage now and then, which a later prune must collect.
-        if prunes % 3 == 0 {
-            garbage.push(make_garbage(ports[2], "gc/app", &format!("g{prunes}")));
-        }
-        let out = prune(&c.configs[2]);
-        assert!(
-            out.success(),
-            "prune {prunes}: {}\n{}",
-            out.describe(),
-            c.logs()
-        );
-        prunes += 1;
+        garbage.push(make_garbage(
+            ports[0],
+            "gc/app",
+            &format!("g{}", garbage.len()),
+        ));
+        thread::sleep(Duration::from_secs(3));
     }
     let (pushed, refused) = pusher.join().unwrap();
-    // Past the grace period, with nothing in flight: one more collection
-    // takes the rest of the garbage and keeps every tagged image.
-    thread::sleep(Duration::from_secs(3));
-    let out = prune(&c.configs[2]);
-    assert!(out.success(), "{}", out.describe());
+    // Past the grace period, with nothing in flight, a few more rounds.
+    thread::sleep(Duration::from_secs(5));
+    let start = Instant::now();
+    let target = runs(ports[2]) + 3;
+    while runs(ports[2]) < target {
+        assert!(
+            start.elapsed() < WAIT,
+            "the scheduled collection stopped\n{}",
+            c.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let rounds = runs(ports[2]) - runs_before;
     eprintln!(
-        "{}: {} pushes acknowledged, {refused} refused, {prunes} prunes beside them",
+        "{}: {} pushes acknowledged, {refused} refused, {rounds} collections beside them",
         store.store(),
         pushed.len()
     );
-    assert!(prunes >= 3, "only {prunes} prunes ran beside the pushes");
+    assert_eq!(
+        metric(ports[2], "speculum_gc_failures_total"),
+        0,
+        "{}",
+        c.logs()
+    );
+    assert!(rounds >= 5, "only {rounds} collections ran");
     assert!(pushed.len() >= 20, "only {} pushes", pushed.len());
     let mut lost = Vec::new();
     for &port in &ports {
-        for image in pushed.iter().chain([&kept]) {
+        for image in &pushed {
             lost.extend(check_pushed(port, image));
         }
         for digest in &garbage {
@@ -1045,11 +1104,14 @@ fn metrics_count_each_process_own_requests(store: &'static S3Store) {
     }
     for (i, &port) in ports.iter().enumerate() {
         assert_eq!(metric(port, &catalog), (i as u64 + 1) * 2, "p{i}");
-        // haproxy's health checks (anonymous GET /v2/, answered 401).
-        assert!(
-            metric(port, &requests_total("base", "GET", 401)) > 0,
-            "p{i}"
-        );
+        // haproxy's health checks (anonymous GET /v2/, answered 401), every
+        // 500 ms from a random start.
+        let checks = requests_total("base", "GET", 401);
+        let start = Instant::now();
+        while metric(port, &checks) == 0 {
+            assert!(start.elapsed() < WAIT, "no health check reached p{i}");
+            thread::sleep(Duration::from_millis(100));
+        }
         assert!(
             metric(port, &requests_total("metrics", "GET", 200)) > 0,
             "p{i}"
@@ -1094,7 +1156,8 @@ macro_rules! on_both_stores {
 on_both_stores!(
     upload_and_push_move_between_processes,
     killed_process_mid_push_leaves_nothing_partial,
-    one_collection_at_a_time_and_none_loses_a_push,
+    one_collection_at_a_time,
+    collection_never_loses_another_process_push,
     webhooks_are_per_process_and_delivered_once,
     metrics_count_each_process_own_requests,
 );
