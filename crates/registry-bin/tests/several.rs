@@ -865,7 +865,7 @@ fn collection_never_loses_another_process_push(store: &'static S3Store) {
         c.logs()
     );
     assert!(rounds >= 5, "only {rounds} collections ran");
-    assert!(pushed.len() >= 20, "only {} pushes", pushed.len());
+    assert!(pushed.len() >= 8, "only {} pushes", pushed.len());
     let mut lost = Vec::new();
     for &port in &ports {
         for image in &pushed {
