@@ -11,6 +11,8 @@
 //! - [`S3Store`] runs a real S3 object store on loopback, once per test process: OpenStack
 //!   Swift with s3api (three replicas; the default) or Ceph radosgw (strict S3), from
 //!   `scripts/stores/`; tests isolate by [`S3Store::fresh_bucket`].
+//! - [`Haproxy`] runs Debian's `haproxy` on loopback in front of several registry processes:
+//!   round robin per request, health checks on `GET /v2/`, refused connections redispatched.
 //! - [`http`] sends raw HTTP/1.0 requests, whole or stopped half way.
 //! - [`require_tool`] fails loudly, naming the Debian package, when a client is missing: a
 //!   missing tool is a test failure, never a silent skip. [`run`] runs a command with a
@@ -32,6 +34,7 @@
 
 mod distribution;
 mod docker;
+mod haproxy;
 pub mod http;
 mod image;
 mod layout;
@@ -42,6 +45,7 @@ mod tools;
 
 pub use distribution::{Distribution, DistributionOptions};
 pub use docker::{Dockerd, DockerdOptions};
+pub use haproxy::Haproxy;
 pub use image::{ChildImage, Image, ImageFormat, ImageIndex, ImageSpec, IndexSpec};
 pub use layout::{LayoutManifest, layout_manifest};
 pub use process::{CmdOutput, DEFAULT_TIMEOUT, run, run_ok};

@@ -15,6 +15,7 @@ fn debian_package(tool: &str) -> &str {
         "ip" => "iproute2",
         "busybox" => "busybox-static",
         "openssl" => "openssl",
+        "haproxy" => "haproxy",
         "umoci" => "umoci",
         "docker-registry" => "docker-registry",
         "swift-proxy-server" => "swift-proxy",

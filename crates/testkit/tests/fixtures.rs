@@ -182,3 +182,42 @@ fn distribution_plain_http() {
     ]));
     assert_eq!(Digest::sha256(out.stdout.as_bytes()), image.manifest);
 }
+
+/// A tiny HTTP server on loopback that answers every request with `status`, until the
+/// test process exits.
+#[allow(clippy::unwrap_used)]
+fn answer_everything(status: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    port
+}
+
+/// The haproxy fixture: a server that answers 401 (a registry wanting credentials) counts
+/// as up, a closed port as down, and requests reach the servers that are up.
+#[test]
+fn haproxy_checks_servers_and_balances() {
+    let ok = answer_everything("200 OK");
+    let challenge = answer_everything("401 Unauthorized");
+    let closed = speculum_testkit::free_port();
+    let proxy = speculum_testkit::Haproxy::start(&[ok, challenge, closed]);
+    proxy.wait_for_states(&["UP", "UP", "DOWN"], std::time::Duration::from_secs(15));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = speculum_testkit::http::request(proxy.port(), None, "GET", "/v2/", &[], b"");
+        seen.push(r.status);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, [200, 200, 401, 401], "{}", proxy.log());
+}
