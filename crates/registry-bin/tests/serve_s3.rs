@@ -269,6 +269,57 @@ fn prune_on_the_store(store: &S3Store) {
     serve.stop();
 }
 
+/// A store behind TLS with a private CA (haproxy terminating TLS in front
+/// of it, as a site's load balancer would): `ca` makes the registry trust
+/// it; without `ca` the start fails on the certificate, naming the bucket.
+fn store_behind_tls(store: &S3Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let front = dir.path().join("front");
+    let tls = make_tls(&front);
+    let pem = dir.path().join("front.pem");
+    let mut both = std::fs::read_to_string(&tls.cert).unwrap();
+    both.push_str(&std::fs::read_to_string(&tls.key).unwrap());
+    std::fs::write(&pem, both).unwrap();
+    let port = free_port();
+    let backend = store.endpoint().trim_start_matches("http://");
+    let proxy = speculum_testkit::Haproxy::start_config(
+        &format!(
+            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 5m\n    \
+             timeout server 5m\nfrontend tls\n    bind 127.0.0.1:{port} ssl crt {}\n    \
+             default_backend store\nbackend store\n    server store {backend}\n",
+            pem.display()
+        ),
+        port,
+    );
+    let s = s3_serve(dir.path(), store, "");
+    let https = format!("https://localhost:{}", proxy.port());
+    let config = std::fs::read_to_string(&s.config).unwrap().replace(
+        &format!("endpoint: {}", store.endpoint()),
+        &format!("endpoint: {https}"),
+    );
+    std::fs::write(&s.config, &config).unwrap();
+
+    let refused = run(
+        Command::new(BIN).args(["serve", "--config"]).arg(&s.config),
+        DEFAULT_TIMEOUT,
+    );
+    assert!(!refused.success(), "{}", refused.describe());
+    assert!(refused.stderr.contains(&s.bucket), "{}", refused.describe());
+
+    let with_ca = config.replace(
+        "    access-key-id-file",
+        &format!("    ca: {}\n    access-key-id-file", tls.ca.display()),
+    );
+    std::fs::write(&s.config, with_ca).unwrap();
+    let serve = s.start();
+    let img = image(dir.path(), 15);
+    let out = s.push(&img.oci_ref(), "org/tls:v1");
+    assert!(out.success(), "{}\n{}", out.describe(), serve.log());
+    let out = s.pull("org/tls:v1", &dir.path().join("pulled"));
+    assert!(out.success(), "{}", out.describe());
+    serve.stop();
+}
+
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
         mod swift {
@@ -280,4 +331,9 @@ macro_rules! on_both_stores {
     };
 }
 
-on_both_stores!(push_pull_restart, redirect_to_the_store, prune_on_the_store);
+on_both_stores!(
+    push_pull_restart,
+    redirect_to_the_store,
+    prune_on_the_store,
+    store_behind_tls
+);
