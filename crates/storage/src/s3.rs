@@ -262,6 +262,14 @@ impl Bucket {
         Ok(first)
     }
 
+    /// One entry of a blob, from the store itself: what deciding not to
+    /// store a blob again goes by, since another process may have removed
+    /// one this process still remembers.
+    async fn stored_entry(&self, digest: &Digest) -> Result<Option<Entry>> {
+        self.forget_entry(digest);
+        self.entry(digest).await
+    }
+
     fn forget_entry(&self, digest: &Digest) {
         lock(&self.entries).remove(digest);
     }
@@ -281,7 +289,7 @@ impl Bucket {
     /// stored already; returns the blob's size and whether `data` is now
     /// its data.
     async fn add_entry(&self, digest: &Digest, size: u64, data: &str) -> Result<(u64, bool)> {
-        if let Some(existing) = self.entry(digest).await? {
+        if let Some(existing) = self.stored_entry(digest).await? {
             return Ok((existing.size, false));
         }
         self.put_bytes(&self.layout.entry(digest, size, data), Bytes::new())
@@ -349,7 +357,7 @@ impl Backend for S3Backend {
 
     async fn write_blob(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
         let b = &self.bucket;
-        if b.entry(digest).await?.is_some() {
+        if b.stored_entry(digest).await?.is_some() {
             return Ok(());
         }
         let data = uuid::Uuid::new_v4().to_string();
@@ -458,7 +466,7 @@ impl Backend for S3Backend {
     async fn commit_upload(&self, id: &UploadId, digest: &Digest) -> Result<u64> {
         let b = &self.bucket;
         let mut state = b.expect_upload(id).await?;
-        if let Some(existing) = b.entry(digest).await? {
+        if let Some(existing) = b.stored_entry(digest).await? {
             b.remove_upload(id).await?;
             return Ok(existing.size);
         }
@@ -692,6 +700,30 @@ mod tests {
             .unwrap();
     }
 
+    /// A blob another process removed is stored again when pushed again,
+    /// even by a process that remembers it.
+    pub(crate) async fn blob_removed_by_another_process(store: &S3Store) {
+        use crate::Backend as _;
+
+        let config = config(store);
+        let one = S3Backend::open(&config).await.unwrap();
+        let other = S3Backend::open(&config).await.unwrap();
+        let data = bytes::Bytes::from_static(b"removed elsewhere, pushed again");
+        let d = speculum_oci::Digest::sha256(&data);
+        one.write_blob(&d, data.clone()).await.unwrap();
+        assert_eq!(one.blob_size(&d).await.unwrap(), Some(data.len() as u64));
+        assert!(other.delete_blob(&d).await.unwrap());
+        one.write_blob(&d, data.clone()).await.unwrap();
+        assert_eq!(other.blob_size(&d).await.unwrap(), Some(data.len() as u64));
+        let read = other
+            .read_blob(&d, 0, data.len() as u64)
+            .await
+            .unwrap()
+            .unwrap();
+        let bytes: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(read).await.unwrap();
+        assert_eq!(bytes.concat(), data);
+    }
+
     /// A pre-signed URL serves the blob, and only it, to a client without
     /// credentials.
     pub(crate) async fn blob_urls(store: &S3Store) {
@@ -739,6 +771,11 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn blob_removed_by_another_process() {
+            super::blob_removed_by_another_process(speculum_testkit::S3Store::swift()).await;
+        }
+
+        #[tokio::test]
         async fn lease_released_on_return() {
             super::lease_released_on_return(speculum_testkit::S3Store::swift()).await;
         }
@@ -756,6 +793,11 @@ mod tests {
         #[tokio::test]
         async fn refused_at_open() {
             super::refused_at_open(speculum_testkit::S3Store::ceph()).await;
+        }
+
+        #[tokio::test]
+        async fn blob_removed_by_another_process() {
+            super::blob_removed_by_another_process(speculum_testkit::S3Store::ceph()).await;
         }
 
         #[tokio::test]
