@@ -36,7 +36,8 @@ use serde_json::Value;
 use speculum_oci::Digest;
 use speculum_testkit::http::{Response, request};
 use speculum_testkit::{
-    CmdOutput, DEFAULT_TIMEOUT, Haproxy, Image, ImageSpec, S3Store, free_port, require_tool, run,
+    CmdOutput, DEFAULT_TIMEOUT, Haproxy, Image, ImageSpec, S3Store, free_port, random_bytes,
+    require_tool, run,
 };
 use tempfile::TempDir;
 
@@ -199,21 +200,6 @@ fn requests_total(route: &str, method: &str, status: u16) -> String {
     format!(
         "speculum_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}}"
     )
-}
-
-/// `len` bytes that do not repeat, from `seed` (SplitMix64).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 // ---- skopeo -------------------------------------------------------------------

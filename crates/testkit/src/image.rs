@@ -523,6 +523,18 @@ fn append_busybox<W: Write>(tar: &mut tar::Builder<W>) -> io::Result<()> {
 
 /// A small, fast, seeded generator: its output does not compress, which is what layer data
 /// needs to measure transfer rather than gzip.
+/// `len` bytes that do not repeat, from `seed`: the data of test blobs and
+/// objects (the same generator as image layers).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = SplitMix64(seed);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 struct SplitMix64(u64);
 
 impl SplitMix64 {

@@ -46,7 +46,7 @@ mod tools;
 pub use distribution::{Distribution, DistributionOptions};
 pub use docker::{Dockerd, DockerdOptions};
 pub use haproxy::Haproxy;
-pub use image::{ChildImage, Image, ImageFormat, ImageIndex, ImageSpec, IndexSpec};
+pub use image::{ChildImage, Image, ImageFormat, ImageIndex, ImageSpec, IndexSpec, random_bytes};
 pub use layout::{LayoutManifest, layout_manifest};
 pub use process::{CmdOutput, DEFAULT_TIMEOUT, run, run_ok};
 pub use registry::{BuildsetOptions, BuildsetRegistry, RegistryInfo};
