@@ -756,53 +756,35 @@ mod tests {
         assert_eq!(refused.stdout, b"403");
     }
 
-    /// OpenStack Swift through its s3api, three replicas.
-    mod swift {
-        crate::conformance_tests!(super::open(speculum_testkit::S3Store::swift()));
+    /// The conformance suite and the cases above on one store.
+    macro_rules! on_store {
+        ($module:ident, $store:ident, $($case:ident),* $(,)?) => {
+            mod $module {
+                crate::conformance_tests!(super::open(speculum_testkit::S3Store::$store()));
 
-        #[tokio::test]
-        async fn blob_urls() {
-            super::blob_urls(speculum_testkit::S3Store::swift()).await;
-        }
-
-        #[tokio::test]
-        async fn refused_at_open() {
-            super::refused_at_open(speculum_testkit::S3Store::swift()).await;
-        }
-
-        #[tokio::test]
-        async fn blob_removed_by_another_process() {
-            super::blob_removed_by_another_process(speculum_testkit::S3Store::swift()).await;
-        }
-
-        #[tokio::test]
-        async fn lease_released_on_return() {
-            super::lease_released_on_return(speculum_testkit::S3Store::swift()).await;
-        }
+                $(
+                    #[tokio::test]
+                    async fn $case() {
+                        super::$case(speculum_testkit::S3Store::$store()).await;
+                    }
+                )*
+            }
+        };
     }
 
-    /// Ceph RGW: strict S3.
-    mod ceph {
-        crate::conformance_tests!(super::open(speculum_testkit::S3Store::ceph()));
-
-        #[tokio::test]
-        async fn blob_urls() {
-            super::blob_urls(speculum_testkit::S3Store::ceph()).await;
-        }
-
-        #[tokio::test]
-        async fn refused_at_open() {
-            super::refused_at_open(speculum_testkit::S3Store::ceph()).await;
-        }
-
-        #[tokio::test]
-        async fn blob_removed_by_another_process() {
-            super::blob_removed_by_another_process(speculum_testkit::S3Store::ceph()).await;
-        }
-
-        #[tokio::test]
-        async fn lease_released_on_return() {
-            super::lease_released_on_return(speculum_testkit::S3Store::ceph()).await;
-        }
+    macro_rules! on_both_stores {
+        ($($case:ident),* $(,)?) => {
+            // OpenStack Swift through its s3api, three replicas.
+            on_store!(swift, swift, $($case),*);
+            // Ceph RGW: strict S3.
+            on_store!(ceph, ceph, $($case),*);
+        };
     }
+
+    on_both_stores!(
+        blob_urls,
+        refused_at_open,
+        blob_removed_by_another_process,
+        lease_released_on_return,
+    );
 }
