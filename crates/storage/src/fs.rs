@@ -50,6 +50,8 @@ use crate::backend::{
 };
 use crate::{BodyStream, Result};
 
+mod cached;
+
 /// Blobs and uploads are read in chunks of this size: one system call, one
 /// hand-off to the blocking pool and one `Bytes` per MiB.
 const READ_CHUNK: u64 = 1024 * 1024;
@@ -561,8 +563,13 @@ impl Backend for FsBackend {
 
     async fn get(&self, table: Table<'_>, key: &str) -> Result<Option<Bytes>> {
         let path = self.table_path(table, key)?;
-        let r = tokio::fs::read(path).await.map(|v| Some(Bytes::from(v)));
-        Ok(not_found_is(r, None)?)
+        match cached::read(&path) {
+            cached::Cached::Bytes(bytes) => return Ok(Some(bytes)),
+            cached::Cached::Missing => return Ok(None),
+            cached::Cached::Unknown => {}
+        }
+        blocking(move || not_found_is(std::fs::read(path).map(|v| Some(Bytes::from(v))), None))
+            .await
     }
 
     async fn put(&self, table: Table<'_>, key: &str, value: Bytes) -> Result<()> {
