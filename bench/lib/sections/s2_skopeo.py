@@ -10,6 +10,7 @@ around the push and the pull.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 
 from .. import images, skopeo
 from ..context import Bench
@@ -21,18 +22,26 @@ TITLE = 'skopeo push and pull'
 SECTION = '2'
 
 
-def measure(bench: Bench, reg: Registry, image: Image, label: str, run: int) -> None:
+def measure(bench: Bench, reg: Registry, image: Image, label: str, run: int,
+            section: str = SECTION, timeout: float = skopeo.TIMEOUT,
+            after_push: Callable[[], None] | None = None) -> None:
+    """Push `image` into `reg`, then pull it back into an empty OCI layout
+    and check its manifest digest; record wall time and server CPU of each
+    under `push <label>` and `pull <label>` of `section` (section 9 runs the
+    same steps on object stores). `after_push` checks where the push went."""
     add = bench.results.add
     target = skopeo.ref(reg, 'bench/img:v1')
     reg.server.cpu_lap()
-    seconds = skopeo.copy(image.ref(), target, dst_reg=reg)
-    add(SECTION, f'push {label}', reg.kind, 'seconds', seconds, run)
-    add(SECTION, f'push {label}', reg.kind, 'cpu_s', reg.server.cpu_lap(), run)
+    seconds = skopeo.copy(image.ref(), target, dst_reg=reg, timeout=timeout)
+    add(section, f'push {label}', reg.kind, 'seconds', seconds, run)
+    add(section, f'push {label}', reg.kind, 'cpu_s', reg.server.cpu_lap(), run)
+    if after_push:
+        after_push()
     back = bench.env.work / 'pulled'
     shutil.rmtree(back, ignore_errors=True)
-    seconds = skopeo.copy(target, f'oci:{back}:v1', src_reg=reg)
-    add(SECTION, f'pull {label}', reg.kind, 'seconds', seconds, run)
-    add(SECTION, f'pull {label}', reg.kind, 'cpu_s', reg.server.cpu_lap(), run)
+    seconds = skopeo.copy(target, f'oci:{back}:v1', src_reg=reg, timeout=timeout)
+    add(section, f'pull {label}', reg.kind, 'seconds', seconds, run)
+    add(section, f'pull {label}', reg.kind, 'cpu_s', reg.server.cpu_lap(), run)
     if skopeo.layout_digest(back) != image.manifest_digest():
         raise BenchError(f'{reg.kind}: the pulled manifest differs from the pushed one')
     shutil.rmtree(back, ignore_errors=True)

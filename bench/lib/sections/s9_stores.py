@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 from pathlib import Path
 
-from .. import images, record, registries, skopeo, stores
+from .. import images, record, registries, stores
 from ..context import Bench
+from . import s2_skopeo
 from ..images import Image
 from ..proc import BenchError
-from ..registries import DISTRIBUTION, SPECULUM, Registry
+from ..registries import DISTRIBUTION, SPECULUM
 from ..stores import Store
 
 TITLE = 'skopeo push and pull on object stores'
@@ -83,25 +83,6 @@ def check_bucket(store: Store, bucket: str) -> None:
         raise BenchError(f'{store.name}: bucket {bucket} is empty after the push')
 
 
-def measure(bench: Bench, reg: Registry, store: Store, bucket: str, image: Image, label: str,
-            run: int) -> None:
-    add = bench.results.add
-    target = skopeo.ref(reg, 'bench/img:v1')
-    reg.server.cpu_lap()
-    seconds = skopeo.copy(image.ref(), target, dst_reg=reg, timeout=COPY_TIMEOUT)
-    add(SECTION, f'push {label}, {store.name}', reg.kind, 'seconds', seconds, run)
-    add(SECTION, f'push {label}, {store.name}', reg.kind, 'cpu_s', reg.server.cpu_lap(), run)
-    check_bucket(store, bucket)
-    back = bench.env.work / 'pulled'
-    shutil.rmtree(back, ignore_errors=True)
-    seconds = skopeo.copy(target, f'oci:{back}:v1', src_reg=reg, timeout=COPY_TIMEOUT)
-    add(SECTION, f'pull {label}, {store.name}', reg.kind, 'seconds', seconds, run)
-    add(SECTION, f'pull {label}, {store.name}', reg.kind, 'cpu_s', reg.server.cpu_lap(), run)
-    if skopeo.layout_digest(back) != image.manifest_digest():
-        raise BenchError(f'{reg.kind}: the pulled manifest differs from the pushed one')
-    shutil.rmtree(back, ignore_errors=True)
-
-
 def reason(err: BenchError) -> str:
     """The tool's own last words from a failed step, without the command line."""
     text = str(err)
@@ -118,7 +99,8 @@ def one(bench: Bench, store: Store, kind: str, keys: tuple[Path, Path], image: I
         bucket = store.make_bucket(f'bench-{kind}-{run}')
         with registry(bench, kind, store, bucket, keys) as reg:
             try:
-                measure(bench, reg, store, bucket, image, label, run)
+                s2_skopeo.measure(bench, reg, image, f'{label}, {store.name}', run, SECTION,
+                                  COPY_TIMEOUT, lambda: check_bucket(store, bucket))
             except BenchError:
                 print(f'bench: {kind} on {store.name} failed; its log ends:\n{reg.server.log_tail()}',
                       flush=True)
