@@ -223,10 +223,21 @@ where
     result
 }
 
-/// Read a whole body of at most `limit` bytes. `None` means it was larger;
-/// the rest of it has then been drained when the request calls for it (see
-/// the `drain` module), so the client reads the refusal.
-pub(crate) async fn read_limited(ctx: &Ctx, body: Body, limit: usize) -> ApiResult<Option<Bytes>> {
+/// Read a whole body of at most `limit` bytes, or fail with `too_large()`:
+/// before reading anything when its `Content-Length` says it is larger,
+/// else as soon as the bytes pass the limit. A refused body is drained when
+/// the request calls for it (see the `drain` module), so the client reads
+/// the refusal.
+pub(crate) async fn read_limited(
+    ctx: &Ctx,
+    body: Body,
+    limit: usize,
+    too_large: fn() -> ApiError,
+) -> ApiResult<Bytes> {
+    if ctx.content_length().is_some_and(|n| n > limit as u64) {
+        refuse_body(ctx, body).await;
+        return Err(too_large());
+    }
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
@@ -239,11 +250,11 @@ pub(crate) async fn read_limited(ctx: &Ctx, body: Body, limit: usize) -> ApiResu
                 let read = (buf.len() + chunk.len()) as u64;
                 crate::drain::discard(stream, read).await;
             }
-            return Ok(None);
+            return Err(too_large());
         }
         buf.extend_from_slice(&chunk);
     }
-    Ok(Some(buf.freeze()))
+    Ok(buf.freeze())
 }
 
 /// Drain `body` (when the request calls for it) before refusing it unread.

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use speculum_oci::manifest::MAX_MANIFEST_SIZE;
 use speculum_oci::{ErrorCode, ErrorKind, Reference, Tag, paths};
 
-use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, hv, read_limited, refuse_body};
+use super::{Ctx, DOCKER_CONTENT_DIGEST, OCI_SUBJECT, hv, read_limited};
 use crate::auth::Action;
 use crate::error::{ApiError, ApiResult};
 use crate::route::Repo;
@@ -58,16 +58,7 @@ pub(crate) async fn put(
     let identity = ctx.authorize(repo, Action::Push).await?;
     let reference = parse_reference(reference)?;
     let tags = query_tags(ctx, &reference)?;
-    if ctx
-        .content_length()
-        .is_some_and(|n| n > MAX_MANIFEST_SIZE as u64)
-    {
-        refuse_body(ctx, body).await;
-        return Err(too_large());
-    }
-    let bytes = read_limited(ctx, body, MAX_MANIFEST_SIZE)
-        .await?
-        .ok_or_else(too_large)?;
+    let bytes = read_limited(ctx, body, MAX_MANIFEST_SIZE, too_large).await?;
     let size = bytes.len() as u64;
     let content_type = ctx.header(header::CONTENT_TYPE);
     // A push of a speculative tag replaces its registration.

@@ -35,16 +35,7 @@ pub(crate) async fn put(ctx: &Ctx, body: Body) -> ApiResult<Response> {
         refuse_body(ctx, body).await;
         return Err(e);
     }
-    if ctx
-        .content_length()
-        .is_some_and(|n| n > MAX_REGISTRATION_SIZE as u64)
-    {
-        refuse_body(ctx, body).await;
-        return Err(too_large());
-    }
-    let bytes = read_limited(ctx, body, MAX_REGISTRATION_SIZE)
-        .await?
-        .ok_or_else(too_large)?;
+    let bytes = read_limited(ctx, body, MAX_REGISTRATION_SIZE, too_large).await?;
     let registration: Registration = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::custom(
             StatusCode::BAD_REQUEST,
