@@ -230,7 +230,8 @@ impl Connection {
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // Larger HTTP/2 windows than the defaults, so one stream can carry a
-        // layer at full speed (Go clients negotiate HTTP/2 over TLS).
+        // layer at full speed, for clients that speak only HTTP/2 (ALPN
+        // prefers HTTP/1.1: see the `tls` module).
         builder
             .http2()
             .initial_stream_window_size(H2_STREAM_WINDOW)

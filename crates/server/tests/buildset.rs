@@ -30,6 +30,11 @@ async fn http<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request_head: &s
 }
 
 fn tls_client(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    tls_client_offering(ca_pem, &[b"http/1.1"])
+}
+
+/// A client trusting `ca_pem` that offers `alpn`, in its order of preference.
+fn tls_client_offering(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -41,7 +46,7 @@ fn tls_client(ca_pem: &str) -> tokio_rustls::TlsConnector {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
@@ -53,6 +58,57 @@ async fn tls_request(addr: SocketAddr, info: &RegistryInfo, name: &str, head: &s
         .await
         .unwrap();
     http(stream, head).await
+}
+
+/// The protocol the server picks for a client offering `alpn`.
+async fn negotiated(addr: SocketAddr, ca_pem: &str, alpn: &[&[u8]]) -> Option<Vec<u8>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let stream = tls_client_offering(ca_pem, alpn)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// A client offering both protocols (as Go's and curl's do, HTTP/2 first)
+/// gets HTTP/1.1, which streams blobs faster (see the server's `tls`
+/// module); a client offering only HTTP/2 still gets it, and is served.
+#[tokio::test]
+async fn alpn_prefers_http1_and_still_speaks_h2() {
+    let server = start(BuildsetOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..BuildsetOptions::default()
+    })
+    .await;
+    let info = server.info().unwrap().clone();
+    let addr = server.local_addr();
+    assert_eq!(
+        negotiated(addr, &info.cert, &[b"h2", b"http/1.1"])
+            .await
+            .as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    assert_eq!(
+        negotiated(addr, &info.cert, &[b"h2"]).await.as_deref(),
+        Some(&b"h2"[..])
+    );
+
+    // The HTTP/2-only client is served: the connection preface, then the
+    // server's SETTINGS frame (type 4 in the fifth byte of a frame header).
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut stream = tls_client_offering(&info.cert, &[b"h2"])
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[3], 4, "a SETTINGS frame: {header:?}");
+    server.shutdown().await;
 }
 
 #[tokio::test]
