@@ -488,7 +488,7 @@ impl Backend for S3Backend {
     async fn read_upload(&self, id: &UploadId) -> Result<BodyStream> {
         let b = &self.bucket;
         let mut state = b.expect_upload(id).await?;
-        b.seal(id, &mut state).await?;
+        b.seal(id, &mut state, None).await?;
         if state.size == 0 {
             return Ok(Box::pin(futures_util::stream::empty()));
         }
@@ -505,9 +505,7 @@ impl Backend for S3Backend {
         // Sealed first and the entries asked after, as late as can be: the
         // later, the less likely a second entry for a blob another process
         // is committing at the same time.
-        b.seal(id, &mut state).await?;
-        state.committing = Some(digest.to_string());
-        b.save_upload(id, &state).await?;
+        b.seal(id, &mut state, Some(digest)).await?;
         let (size, owned) = b.add_entry(digest, state.size, id.as_str()).await?;
         // The session goes; its data stays if an entry names it.
         b.remove_committed(id, digest, owned).await?;
@@ -864,8 +862,18 @@ mod tests {
             .count()
     }
 
-    /// Storing a blob lists its entries once, and so does committing an
-    /// upload, whether the blob is new or stored already.
+    /// Writes of an upload session's state among `requests`.
+    fn state_saves(requests: &[String], id: &UploadId) -> usize {
+        let info = format!("/uploads/{id}/info");
+        requests
+            .iter()
+            .filter(|r| r.starts_with("PUT ") && r.ends_with(&info))
+            .count()
+    }
+
+    /// Storing a blob lists its entries once; committing an upload lists
+    /// them once and saves the session's state once, whether the blob is
+    /// new or stored already.
     pub(crate) async fn requests_per_blob(store: &S3Store) {
         let seen = Recorder::default();
         let be = S3Backend::open_with(&config(store), seen.clone())
@@ -895,6 +903,7 @@ mod tests {
             assert_eq!(size, data.len() as u64);
             let made = seen.take();
             assert_eq!(listings(&made, &d), 1, "{made:#?}");
+            assert_eq!(state_saves(&made, &id), 1, "{made:#?}");
         }
         // The second session's data went with it.
         assert_eq!(be.scratch().await.unwrap(), Vec::<String>::new());

@@ -164,9 +164,23 @@ impl Bucket {
     }
 
     /// Complete the session's data into `data/<id>` (see the module docs).
-    pub(super) async fn seal(&self, id: &UploadId, state: &mut UploadState) -> Result<()> {
+    /// A commit passes the digest it commits, recorded in the same write of
+    /// the state: it must be there before an entry can name the data.
+    pub(super) async fn seal(
+        &self,
+        id: &UploadId,
+        state: &mut UploadState,
+        committing: Option<&Digest>,
+    ) -> Result<()> {
+        let committing = committing.map(Digest::to_string);
         if state.sealed {
-            return Ok(());
+            // Sealed before (read back, or an earlier commit that failed):
+            // only the digest may be new.
+            if committing.is_none() || state.committing == committing {
+                return Ok(());
+            }
+            state.committing = committing;
+            return self.save_upload(id, state).await;
         }
         let tail = self.tail(id, state).await?;
         let data = self.layout.data(id.as_str());
@@ -196,6 +210,9 @@ impl Bucket {
         state.multipart = None;
         state.parts.clear();
         state.parts_size = state.size;
+        if committing.is_some() {
+            state.committing = committing;
+        }
         self.save_upload(id, state).await?;
         if let Some(generation) = old_tail {
             self.delete_quietly(&self.layout.upload_tail(id, generation))
