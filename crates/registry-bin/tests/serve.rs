@@ -11,14 +11,14 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use speculum_testkit::{
-    CmdOutput, DEFAULT_TIMEOUT, Dockerd, DockerdOptions, ImageFormat, ImageSpec, free_port,
-    require_tool, run, run_ok,
+    CmdOutput, DEFAULT_TIMEOUT, Dockerd, DockerdOptions, ImageFormat, ImageSpec, free_port, run,
+    run_ok,
 };
 use tempfile::TempDir;
 
 mod common;
 
-use common::{BIN, SECRET, Serve, ZUUL_PW, htpasswd_line, make_tls};
+use common::{BIN, SECRET, Serve, ZUUL_PW, htpasswd_line, inspect, make_tls, push};
 use speculum_testkit::http::request;
 
 /// A plain-HTTP GET: status and body.
@@ -37,45 +37,6 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
-}
-
-fn skopeo() -> Command {
-    require_tool("skopeo");
-    let mut cmd = Command::new("skopeo");
-    cmd.arg("--insecure-policy");
-    cmd
-}
-
-/// skopeo copy from an OCI layout to `dest`, with `creds` if given.
-fn push(image_ref: &str, dest: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
-    let mut cmd = skopeo();
-    cmd.arg("copy");
-    match cert_dir {
-        Some(d) => cmd.arg("--dest-cert-dir").arg(d),
-        None => cmd.arg("--dest-tls-verify=false"),
-    };
-    if let Some(c) = creds {
-        cmd.args(["--dest-creds", c]);
-    } else {
-        cmd.arg("--dest-no-creds");
-    }
-    cmd.args([image_ref, dest]);
-    run(&mut cmd, DEFAULT_TIMEOUT)
-}
-
-/// skopeo inspect: the manifest digest, or the failure.
-fn inspect(reference: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
-    let mut cmd = skopeo();
-    cmd.args(["inspect", "--format", "{{.Digest}}"]);
-    match cert_dir {
-        Some(d) => cmd.arg("--cert-dir").arg(d),
-        None => cmd.arg("--tls-verify=false"),
-    };
-    match creds {
-        Some(c) => cmd.args(["--creds", c]),
-        None => cmd.arg("--no-creds"),
-    };
-    run(cmd.arg(reference), DEFAULT_TIMEOUT)
 }
 
 fn image(dir: &Path, seed: u64) -> speculum_testkit::Image {

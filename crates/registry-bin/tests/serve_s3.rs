@@ -17,6 +17,9 @@ mod common;
 
 use common::{BIN, Serve, Tls, htpasswd_line, make_tls};
 
+/// The user every case signs in as.
+const CREDS: &str = "zuul:pw";
+
 /// A serve config on a fresh bucket of `store`, TLS on, user `zuul`/`pw`,
 /// credentials in files; `extra` is appended to its `storage:` section.
 struct S3Serve {
@@ -71,55 +74,30 @@ impl S3Serve {
         format!("docker://localhost:{}/{name}", self.port)
     }
 
-    fn skopeo(&self, args: &[&str]) -> CmdOutput {
-        require_tool("skopeo");
-        let mut cmd = Command::new("skopeo");
-        cmd.arg("--insecure-policy").args(args);
-        run(&mut cmd, DEFAULT_TIMEOUT)
-    }
-
     fn push(&self, image_ref: &str, name: &str) -> CmdOutput {
-        let dest = self.docker_ref(name);
-        let certs = self.tls.cert_dir.display().to_string();
-        self.skopeo(&[
-            "copy",
-            "--dest-cert-dir",
-            &certs,
-            "--dest-creds",
-            "zuul:pw",
+        common::push(
             image_ref,
-            &dest,
-        ])
+            &self.docker_ref(name),
+            Some(CREDS),
+            Some(&self.tls.cert_dir),
+        )
     }
 
     fn pull(&self, name: &str, dest: &Path) -> CmdOutput {
-        let src = self.docker_ref(name);
-        let certs = self.tls.cert_dir.display().to_string();
-        let dest = format!("oci:{}:pulled", dest.display());
-        self.skopeo(&[
-            "copy",
-            "--src-cert-dir",
-            &certs,
-            "--src-creds",
-            "zuul:pw",
-            &src,
-            &dest,
-        ])
+        common::pull(
+            &self.docker_ref(name),
+            &format!("oci:{}:pulled", dest.display()),
+            Some(CREDS),
+            Some(&self.tls.cert_dir),
+        )
     }
 
     fn digest(&self, name: &str) -> String {
-        let src = self.docker_ref(name);
-        let certs = self.tls.cert_dir.display().to_string();
-        let out = self.skopeo(&[
-            "inspect",
-            "--cert-dir",
-            &certs,
-            "--creds",
-            "zuul:pw",
-            "--format",
-            "{{.Digest}}",
-            &src,
-        ]);
+        let out = common::inspect(
+            &self.docker_ref(name),
+            Some(CREDS),
+            Some(&self.tls.cert_dir),
+        );
         assert!(out.success(), "{}", out.describe());
         out.stdout.trim().to_owned()
     }
@@ -131,7 +109,7 @@ impl S3Serve {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "60", "--cacert"])
             .arg(&self.tls.ca)
-            .args(["-u", "zuul:pw"])
+            .args(["-u", CREDS])
             .args(args);
         run(&mut cmd, DEFAULT_TIMEOUT)
     }

@@ -1,6 +1,6 @@
 //! What the binary's test files share: the `speculum-registry serve`
-//! process, its TLS files and users. Each test file compiles this module on
-//! its own and uses a part of it.
+//! process, its TLS files and users, and skopeo run against it. Each test
+//! file compiles this module on its own and uses a part of it.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use speculum_testkit::{BuildsetOptions, BuildsetRegistry, run_ok};
+use speculum_testkit::{
+    BuildsetOptions, BuildsetRegistry, CmdOutput, DEFAULT_TIMEOUT, require_tool, run, run_ok,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_speculum-registry");
 /// `Authorization` for the user `zuul` with password `pw`.
@@ -76,6 +78,68 @@ pub fn make_tls(dir: &Path) -> Tls {
     std::fs::write(&t.key, generated.key_pem()).unwrap();
     std::fs::write(&t.ca, &generated.ca_pem).unwrap();
     t
+}
+
+fn skopeo() -> Command {
+    require_tool("skopeo");
+    let mut cmd = Command::new("skopeo");
+    cmd.arg("--insecure-policy");
+    cmd
+}
+
+/// skopeo copy from an OCI layout to `dest`, with `creds` if given; TLS
+/// checked against `cert_dir`'s CA if given, else not checked.
+pub fn push(
+    image_ref: &str,
+    dest: &str,
+    creds: Option<&str>,
+    cert_dir: Option<&Path>,
+) -> CmdOutput {
+    let mut cmd = skopeo();
+    cmd.arg("copy");
+    match cert_dir {
+        Some(d) => cmd.arg("--dest-cert-dir").arg(d),
+        None => cmd.arg("--dest-tls-verify=false"),
+    };
+    match creds {
+        Some(c) => cmd.args(["--dest-creds", c]),
+        None => cmd.arg("--dest-no-creds"),
+    };
+    cmd.args([image_ref, dest]);
+    run(&mut cmd, DEFAULT_TIMEOUT)
+}
+
+/// skopeo copy from `src` in a registry to `dest` (`oci:DIR:TAG`), with
+/// `creds` and `cert_dir` as for [`push`].
+pub fn pull(src: &str, dest: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
+    let mut cmd = skopeo();
+    cmd.arg("copy");
+    match cert_dir {
+        Some(d) => cmd.arg("--src-cert-dir").arg(d),
+        None => cmd.arg("--src-tls-verify=false"),
+    };
+    match creds {
+        Some(c) => cmd.args(["--src-creds", c]),
+        None => cmd.arg("--src-no-creds"),
+    };
+    cmd.args([src, dest]);
+    run(&mut cmd, DEFAULT_TIMEOUT)
+}
+
+/// skopeo inspect: the manifest digest, or the failure; `creds` and
+/// `cert_dir` as for [`push`].
+pub fn inspect(reference: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
+    let mut cmd = skopeo();
+    cmd.args(["inspect", "--format", "{{.Digest}}"]);
+    match cert_dir {
+        Some(d) => cmd.arg("--cert-dir").arg(d),
+        None => cmd.arg("--tls-verify=false"),
+    };
+    match creds {
+        Some(c) => cmd.args(["--creds", c]),
+        None => cmd.arg("--no-creds"),
+    };
+    run(cmd.arg(reference), DEFAULT_TIMEOUT)
 }
 
 /// `speculum-registry serve --config FILE`; SIGKILLed on drop unless stopped.

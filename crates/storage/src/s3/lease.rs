@@ -137,26 +137,38 @@ struct Held {
     released: bool,
 }
 
-impl HeldLock for Held {
-    fn release(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+impl Held {
+    /// Stop renewing and forget the lease here: this process treats it as
+    /// free from now on (see `released_here`), others once its removal,
+    /// returned to be awaited or spawned, lands or it expires. `None` if
+    /// let go of already.
+    fn let_go(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        if self.released {
+            return None;
+        }
+        self.released = true;
         self.renewer.abort();
         lock(&self.bucket.leases).remove(&self.holder);
-        self.released = true;
-        Box::pin(release(self.bucket.clone(), self.holder.clone()))
+        Some(release(self.bucket.clone(), self.holder.clone()))
+    }
+}
+
+impl HeldLock for Held {
+    fn release(mut self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        match self.let_go() {
+            Some(removal) => Box::pin(removal),
+            None => Box::pin(std::future::ready(())),
+        }
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.released {
+        let Some(removal) = self.let_go() else {
             return;
-        }
-        self.renewer.abort();
-        lock(&self.bucket.leases).remove(&self.holder);
-        // This process treats the lease as free from now on (see
-        // `released_here`); others once the removal lands or it expires.
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let task = runtime.spawn(release(self.bucket.clone(), self.holder.clone()));
+            let task = runtime.spawn(removal);
             lock(&self.bucket.releases).push(task);
         }
     }

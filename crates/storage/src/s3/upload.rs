@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use speculum_oci::{ErrorCode, RepositoryName};
+use speculum_oci::{Digest, ErrorCode, RepositoryName};
 use tokio::task::JoinSet;
 
 use super::{Bucket, found, store_error};
@@ -164,9 +164,23 @@ impl Bucket {
     }
 
     /// Complete the session's data into `data/<id>` (see the module docs).
-    pub(super) async fn seal(&self, id: &UploadId, state: &mut UploadState) -> Result<()> {
+    /// A commit passes the digest it commits, recorded in the same write of
+    /// the state: it must be there before an entry can name the data.
+    pub(super) async fn seal(
+        &self,
+        id: &UploadId,
+        state: &mut UploadState,
+        committing: Option<&Digest>,
+    ) -> Result<()> {
+        let committing = committing.map(Digest::to_string);
         if state.sealed {
-            return Ok(());
+            // Sealed before (read back, or an earlier commit that failed):
+            // only the digest may be new.
+            if committing.is_none() || state.committing == committing {
+                return Ok(());
+            }
+            state.committing = committing;
+            return self.save_upload(id, state).await;
         }
         let tail = self.tail(id, state).await?;
         let data = self.layout.data(id.as_str());
@@ -196,6 +210,9 @@ impl Bucket {
         state.multipart = None;
         state.parts.clear();
         state.parts_size = state.size;
+        if committing.is_some() {
+            state.committing = committing;
+        }
         self.save_upload(id, state).await?;
         if let Some(generation) = old_tail {
             self.delete_quietly(&self.layout.upload_tail(id, generation))
@@ -228,6 +245,26 @@ impl Bucket {
 
     /// Remove a session and whatever it holds, except data a blob owns.
     pub(super) async fn remove_upload(&self, id: &UploadId) -> Result<bool> {
+        self.remove_upload_knowing(id, None).await
+    }
+
+    /// Remove a session just committed as `digest`, whose commit listed
+    /// the blob's entries and learned whether one names the session's data
+    /// (`owned`): they are not listed again.
+    pub(super) async fn remove_committed(
+        &self,
+        id: &UploadId,
+        digest: &Digest,
+        owned: bool,
+    ) -> Result<bool> {
+        self.remove_upload_knowing(id, Some((digest, owned))).await
+    }
+
+    async fn remove_upload_knowing(
+        &self,
+        id: &UploadId,
+        known: Option<(&Digest, bool)>,
+    ) -> Result<bool> {
         let Some(state) = self.load_upload(id).await? else {
             return Ok(false);
         };
@@ -239,7 +276,7 @@ impl Bucket {
                 return Err(store_error(e));
             }
         }
-        if state.sealed && !self.data_is_owned(id, &state).await? {
+        if state.sealed && !self.data_is_owned(id, &state, known).await? {
             self.delete(&self.layout.data(id.as_str())).await?;
         }
         if state.has_tail() {
@@ -251,14 +288,25 @@ impl Bucket {
     }
 
     /// Whether a blob entry names this session's data (its commit got as far
-    /// as writing the entry).
-    async fn data_is_owned(&self, id: &UploadId, state: &UploadState) -> Result<bool> {
+    /// as writing the entry). `known` is the answer for one digest, which
+    /// stands if that is the digest the state says is being committed.
+    async fn data_is_owned(
+        &self,
+        id: &UploadId,
+        state: &UploadState,
+        known: Option<(&Digest, bool)>,
+    ) -> Result<bool> {
         let Some(digest) = state.committing.as_deref() else {
             return Ok(false);
         };
-        let digest = digest
+        let digest: Digest = digest
             .parse()
             .map_err(|e| corrupt(format!("upload {id}: bad digest being committed: {e}")))?;
+        if let Some((known, owned)) = known
+            && *known == digest
+        {
+            return Ok(owned);
+        }
         Ok(self
             .entries(&digest)
             .await?
