@@ -87,6 +87,20 @@ fn skopeo() -> Command {
     cmd
 }
 
+/// skopeo's options for one registry side of a command (`side` is `dest-`,
+/// `src-`, or empty for inspect): `creds` if given, else none; TLS checked
+/// against `cert_dir`'s CA if given, else not checked.
+fn registry_options(cmd: &mut Command, side: &str, creds: Option<&str>, cert_dir: Option<&Path>) {
+    match cert_dir {
+        Some(d) => cmd.arg(format!("--{side}cert-dir")).arg(d),
+        None => cmd.arg(format!("--{side}tls-verify=false")),
+    };
+    match creds {
+        Some(c) => cmd.arg(format!("--{side}creds")).arg(c),
+        None => cmd.arg(format!("--{side}no-creds")),
+    };
+}
+
 /// skopeo copy from an OCI layout to `dest`, with `creds` if given; TLS
 /// checked against `cert_dir`'s CA if given, else not checked.
 pub fn push(
@@ -97,14 +111,7 @@ pub fn push(
 ) -> CmdOutput {
     let mut cmd = skopeo();
     cmd.arg("copy");
-    match cert_dir {
-        Some(d) => cmd.arg("--dest-cert-dir").arg(d),
-        None => cmd.arg("--dest-tls-verify=false"),
-    };
-    match creds {
-        Some(c) => cmd.args(["--dest-creds", c]),
-        None => cmd.arg("--dest-no-creds"),
-    };
+    registry_options(&mut cmd, "dest-", creds, cert_dir);
     cmd.args([image_ref, dest]);
     run(&mut cmd, DEFAULT_TIMEOUT)
 }
@@ -114,14 +121,7 @@ pub fn push(
 pub fn pull(src: &str, dest: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
     let mut cmd = skopeo();
     cmd.arg("copy");
-    match cert_dir {
-        Some(d) => cmd.arg("--src-cert-dir").arg(d),
-        None => cmd.arg("--src-tls-verify=false"),
-    };
-    match creds {
-        Some(c) => cmd.args(["--src-creds", c]),
-        None => cmd.arg("--src-no-creds"),
-    };
+    registry_options(&mut cmd, "src-", creds, cert_dir);
     cmd.args([src, dest]);
     run(&mut cmd, DEFAULT_TIMEOUT)
 }
@@ -131,14 +131,7 @@ pub fn pull(src: &str, dest: &str, creds: Option<&str>, cert_dir: Option<&Path>)
 pub fn inspect(reference: &str, creds: Option<&str>, cert_dir: Option<&Path>) -> CmdOutput {
     let mut cmd = skopeo();
     cmd.args(["inspect", "--format", "{{.Digest}}"]);
-    match cert_dir {
-        Some(d) => cmd.arg("--cert-dir").arg(d),
-        None => cmd.arg("--tls-verify=false"),
-    };
-    match creds {
-        Some(c) => cmd.args(["--creds", c]),
-        None => cmd.arg("--no-creds"),
-    };
+    registry_options(&mut cmd, "", creds, cert_dir);
     run(cmd.arg(reference), DEFAULT_TIMEOUT)
 }
 
