@@ -36,8 +36,7 @@ use serde_json::Value;
 use speculum_oci::Digest;
 use speculum_testkit::http::{Response, request};
 use speculum_testkit::{
-    CmdOutput, DEFAULT_TIMEOUT, Haproxy, Image, ImageSpec, S3Store, free_port, random_bytes,
-    require_tool, run,
+    CmdOutput, DEFAULT_TIMEOUT, Haproxy, Image, ImageSpec, S3Store, free_port, random_bytes, run,
 };
 use tempfile::TempDir;
 
@@ -204,46 +203,24 @@ fn requests_total(route: &str, method: &str, status: u16) -> String {
 
 // ---- skopeo -------------------------------------------------------------------
 
-fn skopeo() -> Command {
-    require_tool("skopeo");
-    let mut cmd = Command::new("skopeo");
-    cmd.arg("--insecure-policy");
-    cmd
-}
-
 /// skopeo copy of `image` to `docker://HOST/NAME` over plain HTTP.
 fn push(image: &Image, host: &str, name: &str) -> CmdOutput {
-    run(
-        skopeo()
-            .args(["copy", "--dest-tls-verify=false", "--dest-creds", CREDS])
-            .arg(image.oci_ref())
-            .arg(format!("docker://{host}/{name}")),
-        DEFAULT_TIMEOUT,
-    )
+    let dest = format!("docker://{host}/{name}");
+    common::push(&image.oci_ref(), &dest, Some(CREDS), None)
 }
 
 /// skopeo copy of `docker://HOST/NAME` into a new OCI layout under `dir`;
 /// skopeo checks every blob's digest as it reads it.
 fn pull(host: &str, name: &str, dir: &Path) -> CmdOutput {
     let layout = tempfile::tempdir_in(dir).unwrap().keep();
-    run(
-        skopeo()
-            .args(["copy", "--src-tls-verify=false", "--src-creds", CREDS])
-            .arg(format!("docker://{host}/{name}"))
-            .arg(format!("oci:{}:pulled", layout.display())),
-        DEFAULT_TIMEOUT,
-    )
+    let src = format!("docker://{host}/{name}");
+    let dest = format!("oci:{}:pulled", layout.display());
+    common::pull(&src, &dest, Some(CREDS), None)
 }
 
 /// skopeo inspect: the manifest digest `docker://HOST/NAME` has.
 fn inspect(host: &str, name: &str) -> CmdOutput {
-    run(
-        skopeo()
-            .args(["inspect", "--format", "{{.Digest}}", "--tls-verify=false"])
-            .args(["--creds", CREDS])
-            .arg(format!("docker://{host}/{name}")),
-        DEFAULT_TIMEOUT,
-    )
+    common::inspect(&format!("docker://{host}/{name}"), Some(CREDS), None)
 }
 
 fn host(port: u16) -> String {
@@ -1239,24 +1216,9 @@ fn example_runs_as_the_readme_says() {
         s.push_str(&tail(&proxy.log(), 30));
         s
     };
-    let out = run(
-        skopeo()
-            .args(["copy", "--dest-cert-dir"])
-            .arg(&tls.cert_dir)
-            .args(["--dest-creds", CREDS])
-            .arg(image.oci_ref())
-            .arg(&target),
-        DEFAULT_TIMEOUT,
-    );
+    let out = common::push(&image.oci_ref(), &target, Some(CREDS), Some(&tls.cert_dir));
     assert!(out.success(), "{}\n{}", out.describe(), logs());
-    let out = run(
-        skopeo()
-            .args(["inspect", "--format", "{{.Digest}}", "--cert-dir"])
-            .arg(&tls.cert_dir)
-            .args(["--creds", CREDS])
-            .arg(&target),
-        DEFAULT_TIMEOUT,
-    );
+    let out = common::inspect(&target, Some(CREDS), Some(&tls.cert_dir));
     assert!(out.success(), "{}\n{}", out.describe(), logs());
     assert_eq!(out.stdout.trim(), image.manifest.to_string());
     for &port in &ports {
